@@ -1,0 +1,62 @@
+"""`GrpcServerConfig`: everything the transport needs, as one frozen value built by the caller."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+
+import attrs
+from attrs import validators as v
+
+from edge.grpc.connection import MAX_WINDOW, ProtocolLimits
+from edge.grpc.framing import MAX_FRAMED_LENGTH
+
+#: Per-stream HTTP/2 receive window. Small next to a message: bytes are acknowledged as they are
+#: buffered (connection.py), so this bounds what a stalled stream holds *beyond* its queue, not the
+#: message size. 256 KiB keeps about 2.5 MB/s per stream on a 100 ms round trip.
+DEFAULT_STREAM_WINDOW_BYTES: Final = 256 * 1024
+
+#: Bound on a request's decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE; grpcio's own default
+#: metadata limit is 8 KiB soft / 16 KiB hard).
+DEFAULT_MAX_HEADER_LIST_BYTES: Final = 16 * 1024
+
+
+def _positive_float(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class GrpcServerConfig:
+    host: str = attrs.field(validator=v.instance_of(str))
+    port: int = attrs.field(validator=[v.instance_of(int), v.ge(0), v.le(65535)])
+    #: None = plaintext h2c with prior knowledge.
+    ssl_context: ssl.SSLContext | None = attrs.field(validator=v.optional(v.instance_of(ssl.SSLContext)))
+    #: Inbound and outbound bound per message, after decompression.
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=[v.ge(1), v.le(MAX_FRAMED_LENGTH)])
+    #: SETTINGS_MAX_CONCURRENT_STREAMS, per connection.
+    max_concurrent_streams: int = attrs.field(default=100, validator=[v.ge(1), v.le(2**31 - 1)])
+    #: Complete messages queued per stream before flow control stops the client.
+    stream_inbound_queue: int = attrs.field(default=16, validator=v.ge(1))
+    #: Seconds (Trio time) for the TLS handshake and, after it, for the client's HTTP/2 preface.
+    tls_handshake_timeout: float = attrs.field(default=10.0, validator=_positive_float)
+    #: Seconds to send final statuses + GOAWAY and close a connection when shutting down, and the
+    #: time a handler gets after its stream was reset before it is cancelled.
+    shutdown_grace: float = attrs.field(default=5.0, validator=_positive_float)
+    #: SETTINGS_INITIAL_WINDOW_SIZE (per-stream receive window).
+    stream_window_bytes: int = attrs.field(
+        default=DEFAULT_STREAM_WINDOW_BYTES, validator=[v.ge(16 * 1024), v.le(MAX_WINDOW)]
+    )
+    #: SETTINGS_MAX_HEADER_LIST_SIZE, enforced on every request's headers.
+    max_header_list_bytes: int = attrs.field(default=DEFAULT_MAX_HEADER_LIST_BYTES, validator=v.ge(1024))
+    #: A connection whose socket accepts no bytes for this long is declared dead.
+    write_stall_timeout: float = attrs.field(default=60.0, validator=_positive_float)
+
+    def protocol_limits(self) -> ProtocolLimits:
+        return ProtocolLimits(
+            max_message_bytes=self.max_message_bytes,
+            max_concurrent_streams=self.max_concurrent_streams,
+            stream_inbound_queue=self.stream_inbound_queue,
+            stream_window_bytes=self.stream_window_bytes,
+            max_header_list_bytes=self.max_header_list_bytes,
+        )

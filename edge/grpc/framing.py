@@ -1,0 +1,127 @@
+"""gRPC length-prefixed message framing: pure functions and one small parser, no I/O.
+
+A gRPC message on the wire is `compressed-flag (1 byte) | length (4 bytes, big-endian) | body`. The
+parser checks the declared length against the limit as soon as the 5-byte prefix is in, before a single
+byte of the body is kept, and decompresses with an output bound, so neither a huge declared length nor a
+small gzip bomb can make it hold more than `max_message_bytes` of body.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Final
+
+from edge.grpc.errors import MessageTooLarge, ProtocolViolation, UnsupportedEncoding
+
+PREFIX_BYTES: Final = 5
+
+#: The largest length the 4-byte prefix can express.
+MAX_FRAMED_LENGTH: Final = 2**32 - 1
+
+#: `grpc-encoding` values we decompress. "identity" is "not compressed".
+DECOMPRESSIBLE_ENCODINGS: Final = ("gzip", "deflate")
+
+#: What we advertise in `grpc-accept-encoding`.
+ACCEPTED_ENCODINGS: Final = ("identity", "deflate", "gzip")
+
+# zlib wbits: 32 + 15 = detect a zlib or gzip header automatically. grpc-core's "deflate" is the zlib
+# format and its "gzip" the gzip format; accepting either under either name costs nothing.
+_AUTO_HEADER_WBITS: Final = 32 + zlib.MAX_WBITS
+
+
+def frame_message(body: bytes) -> bytes:
+    """The wire form of one uncompressed message."""
+    if len(body) > MAX_FRAMED_LENGTH:
+        raise MessageTooLarge(len(body), MAX_FRAMED_LENGTH, "sent")
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def percent_encode_message(message: str) -> str:
+    """`grpc-message` encoding from the gRPC HTTP/2 spec: UTF-8, then every byte outside the printable
+    ASCII range 0x20-0x7E, and '%' itself, as %XX."""
+    out = []
+    for byte in message.encode("utf-8"):
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(chr(byte))
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def decompress_bounded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Decompress one message body, never producing more than `limit + 1` bytes."""
+    if encoding is None or encoding == "identity":
+        raise ProtocolViolation("compressed message without grpc-encoding")
+    if encoding not in DECOMPRESSIBLE_ENCODINGS:
+        raise UnsupportedEncoding(encoding)
+    inflater = zlib.decompressobj(wbits=_AUTO_HEADER_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise ProtocolViolation("corrupt compressed message") from None
+    if len(out) > limit:
+        raise MessageTooLarge(len(out), limit, "decompressed")
+    if not inflater.eof:
+        raise ProtocolViolation("truncated compressed message")
+    return out
+
+
+class MessageParser:
+    """Turns a stream's DATA bytes into message bodies, one at a time, on demand.
+
+    `feed` only appends; `next_message` cuts out at most one message. The caller decides how many it
+    wants (the stream's queue bound), so bytes it does not want yet stay raw, un-decompressed and counted.
+    """
+
+    __slots__ = ("_buffer", "_compressed", "_encoding", "_length", "_limit")
+
+    def __init__(self, limit: int, encoding: str | None) -> None:
+        self._limit = limit
+        self._encoding = encoding
+        self._buffer = bytearray()
+        self._length: int | None = None  # body length of the message in progress, once its prefix is in
+        self._compressed = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def mid_message(self) -> bool:
+        """True when some bytes of a message have arrived but not all of them."""
+        return self._length is not None or bool(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def discard(self) -> None:
+        """Drop everything (the stream failed or was reset)."""
+        self._buffer = bytearray()
+        self._length = None
+
+    def next_message(self) -> bytes | None:
+        """The next complete message body, decompressed; None if it has not all arrived yet.
+
+        Raises MessageTooLarge, ProtocolViolation or UnsupportedEncoding; after that the parser must not
+        be used again.
+        """
+        if self._length is None:
+            if len(self._buffer) < PREFIX_BYTES:
+                return None
+            flag = self._buffer[0]
+            if flag > 1:
+                raise ProtocolViolation("invalid compressed-flag byte in message prefix")
+            length = int.from_bytes(self._buffer[1:PREFIX_BYTES], "big")
+            if length > self._limit:
+                raise MessageTooLarge(length, self._limit)
+            del self._buffer[:PREFIX_BYTES]
+            self._length = length
+            self._compressed = flag == 1
+        if len(self._buffer) < self._length:
+            return None
+        body = bytes(self._buffer[: self._length])
+        del self._buffer[: self._length]
+        self._length = None
+        if self._compressed:
+            return decompress_bounded(body, self._encoding, self._limit)
+        return body

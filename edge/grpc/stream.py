@@ -1,0 +1,198 @@
+"""`ServerStream`: one gRPC call, as its handler sees it."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Protocol
+
+import h2.exceptions
+import trio
+
+from edge.grpc.connection import NOT_READY, GrpcServerProtocol, Request
+from edge.grpc.errors import MessageTooLarge, StreamReset
+from edge.grpc.framing import frame_message
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class _StreamHost(Protocol):
+    """What a stream needs from its connection (implemented by server._Connection)."""
+
+    protocol: GrpcServerProtocol
+    max_message_bytes: int
+
+    def wake_writer(self) -> None: ...
+
+    def inbound_consumed(self) -> None: ...
+
+    def output_blocked(self) -> bool: ...
+
+
+class ServerStream:
+    """One gRPC call (one HTTP/2 stream). Created by the transport; handlers only use it.
+
+    `receive_message` and `send_message` may be used from different tasks at the same time (one reader,
+    any number of senders: sends are serialised so messages never interleave).
+    """
+
+    def __init__(
+        self,
+        host: _StreamHost,
+        request: Request,
+        *,
+        remote_address: tuple[str, int] | None,
+        peer_certificate_der: bytes | None,
+        peer_certificate: Mapping[str, Any] | None,
+        deadline: float = math.inf,
+    ) -> None:
+        self._host = host
+        self.stream_id: int = request.stream_id
+        self.path: str = request.path
+        #: Custom request metadata, lower-case keys (values of `-bin` keys are bytes).
+        self.metadata: tuple[tuple[str, str | bytes], ...] = request.metadata
+        self.authority: str | None = request.authority
+        self.message_encoding: str | None = request.message_encoding
+        self.remote_address = remote_address
+        self.peer_certificate_der = peer_certificate_der
+        self.peer_certificate = dict(peer_certificate) if peer_certificate else None
+        #: Trio time the client's grpc-timeout runs out (inf without one); the handler is cancelled then.
+        self.deadline = deadline
+        # The handler runs inside this scope: its deadline is the grpc-timeout, and it is moved in to
+        # now + shutdown_grace when the stream is reset or its connection lost.
+        self._scope = trio.CancelScope(deadline=deadline)
+        self._inbound_event = trio.Event()
+        self._output_event = trio.Event()
+        self._terminated_event = trio.Event()
+        self._termination: StreamReset | None = None
+        self._send_lock = trio.Lock()
+        self._response_started = False
+        self._partial_send = False  # a message's DATA was cut off by cancellation: trailers would corrupt
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<ServerStream {self.stream_id} {self.path} from {self.remote_address}>"
+
+    # ---- the handler's API
+
+    async def receive_message(self) -> bytes | None:
+        """The next message body (un-framed, decompressed), or None once the client half-closed.
+
+        Raises StreamReset (client cancelled) / ConnectionLost (connection gone) as soon as the reader
+        sees it, MessageTooLarge and ProtocolViolation (after the messages that arrived before the bad one).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._raise_if_unusable()
+            item = self._host.protocol.next_message(self.stream_id)
+            if item is not NOT_READY:
+                self._host.inbound_consumed()
+                # Schedule point that cannot be cancelled: the message is ours now, never drop it.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return item
+            event = self._inbound_event
+            await event.wait()
+
+    async def send_message(self, data: bytes) -> None:
+        """Frame and send one message, sending the response headers first if needed.
+
+        Waits (without buffering more than one HTTP/2 frame beyond the connection's bounded output)
+        while the client's flow-control window is closed. Raises MessageTooLarge for a message over
+        max_message_bytes, StreamReset/ConnectionLost once the stream or its connection is gone.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        limit = self._host.max_message_bytes
+        if len(data) > limit:
+            raise MessageTooLarge(len(data), limit, "sent")
+        async with self._send_lock:
+            self._raise_if_unusable()
+            protocol = self._host.protocol
+            wire = memoryview(frame_message(bytes(data)))
+            try:
+                if not self._response_started:
+                    protocol.start_response(self.stream_id)
+                    self._response_started = True
+                sent = 0
+                while sent < len(wire):
+                    self._raise_if_unusable()
+                    window = protocol.send_window(self.stream_id)
+                    if window <= 0:
+                        await self._wait_output()
+                        continue
+                    chunk = wire[sent : sent + window]
+                    protocol.send_data(self.stream_id, bytes(chunk))
+                    self._partial_send = True
+                    sent += len(chunk)
+                    self._host.wake_writer()
+                    while self._host.output_blocked():
+                        self._raise_if_unusable()
+                        await self._wait_output()
+                self._partial_send = False
+            except h2.exceptions.ProtocolError:
+                # h2 already knows the stream closed; our reader will report why in a moment.
+                raise self._gone() from None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_terminated(self) -> StreamReset:
+        """Return (the StreamReset/ConnectionLost) once the client reset the stream or the connection
+        was lost. For handlers that want to notice a departed client while not reading."""
+        await self._terminated_event.wait()
+        assert self._termination is not None
+        return self._termination.clone()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Inbound bytes held for this handler right now (queued messages and a partial one)."""
+        return self._host.protocol.stream_buffered_bytes(self.stream_id)
+
+    @property
+    def receive_window(self) -> int:
+        """Bytes the client may still send on this stream before it must wait for us (0: it is
+        stopped by flow control, e.g. because the handler is not reading)."""
+        try:
+            return self._host.protocol.h2_connection.remote_flow_control_window(self.stream_id)
+        except h2.exceptions.ProtocolError:  # the stream is closed
+            return 0
+
+    @property
+    def terminated(self) -> bool:
+        """True once the client reset the stream or the connection was lost."""
+        return self._termination is not None
+
+    # ---- called by the connection
+
+    def _terminate(self, error: StreamReset) -> None:
+        if self._termination is not None or self._finished:
+            return
+        self._termination = error
+        self._terminated_event.set()
+        self._wake_inbound()
+        self._wake_output()
+
+    def _wake_inbound(self) -> None:
+        self._inbound_event.set()
+        self._inbound_event = trio.Event()
+
+    def _wake_output(self) -> None:
+        self._output_event.set()
+        self._output_event = trio.Event()
+
+    def _mark_finished(self) -> None:
+        self._finished = True
+        self._wake_inbound()
+        self._wake_output()
+
+    # ---- helpers
+
+    async def _wait_output(self) -> None:
+        event = self._output_event
+        await event.wait()
+
+    def _gone(self) -> StreamReset:
+        if self._termination is not None:
+            return self._termination.clone()
+        return StreamReset(0, "stream already finished")
+
+    def _raise_if_unusable(self) -> None:
+        if self._termination is not None or self._finished:
+            raise self._gone()
