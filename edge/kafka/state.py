@@ -1,0 +1,38 @@
+"""Whether the bridge can do its job right now: read by health checks, written by the bridge tasks."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+
+@attrs.define
+class KafkaState:
+    """Connection state of the producer and the command consumer.
+
+    `changed` is replaced by a fresh Event on every change, so a watcher awaits the current one and
+    re-reads the state (no polling).
+    """
+
+    producer_connected: bool = False
+    consumer_connected: bool = False
+    consumer_enabled: bool = True
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.producer_connected and (self.consumer_connected or not self.consumer_enabled)
+
+    def set_producer(self, connected: bool) -> None:
+        if connected != self.producer_connected:
+            self.producer_connected = connected
+            self._notify()
+
+    def set_consumer(self, connected: bool) -> None:
+        if connected != self.consumer_connected:
+            self.consumer_connected = connected
+            self._notify()
+
+    def _notify(self) -> None:
+        event, self.changed = self.changed, trio.Event()
+        event.set()

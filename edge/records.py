@@ -1,0 +1,41 @@
+"""What flows from peer sessions to the Kafka bridge: one `OutboundRecord` per Kafka record.
+
+The session decides topic, key and JSON value (pure functions in `edge.peers.protocol`); the bridge
+only serialises and produces. Keeping the value a plain JSON-ready mapping means the bridge never
+needs to know what a record means.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+class DisconnectReason(str, enum.Enum):
+    """Why a peer session ended, as published in `disconnected` events."""
+
+    STREAM_CLOSED = "stream_closed"
+    TIMEOUT = "timeout"
+    REPLACED = "replaced"
+    SHUTDOWN = "shutdown"
+    PROTOCOL_ERROR = "protocol_error"
+    ERROR = "error"
+
+
+@attrs.frozen
+class OutboundRecord:
+    """One record to produce. `key` is the peer id (None only for dead letters of unknown peers)."""
+
+    topic: str
+    key: str | None
+    value: Mapping[str, Any]
+
+    def encode_key(self) -> bytes | None:
+        return None if self.key is None else self.key.encode("utf-8")
+
+    def encode_value(self) -> bytes:
+        return json.dumps(self.value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
