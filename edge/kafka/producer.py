@@ -137,6 +137,7 @@ async def serve_event_producer(
     async with events:
         task_status.started(producer)
         try:
+            await producer.connect()  # at once, not at the first event: readiness depends on it
             while True:
                 in_flight = await next_batch(events, settings.kafka_produce_batch_size)
                 await producer.publish(in_flight)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
@@ -24,6 +25,7 @@ import trio
 from edge.config import ConfigError, Settings
 from edge.grpc import GrpcServerConfig, serve_grpc
 from edge.grpc.tls import server_ssl_context
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
 from edge.proto import CONNECT_PATH
@@ -66,13 +68,22 @@ async def serve_peers(
     now: Callable[[], datetime.datetime],
     *,
     config: GrpcServerConfig | None = None,
+    runtime: EdgeRuntime | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve peers until cancelled. Reports the bound gRPC port through `task_status`."""
     config = config if config is not None else grpc_config(settings)
+    runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now)
+    routes = {CONNECT_PATH: handler, **runtime.ops_routes()}  # + gRPC health and reflection
     async with events:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_grpc, config, {CONNECT_PATH: handler})
+            port = await nursery.start(partial(serve_grpc, stats=runtime.grpc_stats), config, routes)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
+            runtime.grpc_port = port
+            runtime.health.set_accepting(True)
             task_status.started(port)
+            try:
+                await trio.sleep_forever()
+            finally:
+                runtime.health.set_accepting(False)  # first step of a drain: health says NOT_SERVING
