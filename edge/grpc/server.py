@@ -259,6 +259,10 @@ class _Connection:
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         self._send_scope: trio.CancelScope | None = None
+        # The writer's shielded send can still be running when the reader ends the connection and
+        # `_close` writes GOAWAY: writes to the transport take turns (two concurrent send_all calls
+        # raise BusyResourceError).
+        self._transport_write_lock = trio.Lock()
         self._close_deadline = math.inf
         self._transport_broken = False
         self._closed = False
@@ -366,9 +370,10 @@ class _Connection:
                 self.protocol.goaway()
                 data = self.protocol.data_to_send()
                 try:
-                    if data:
-                        await self._transport.send_all(data)
-                    await self._transport.aclose()
+                    async with self._transport_write_lock:
+                        if data:
+                            await self._transport.send_all(data)
+                        await self._transport.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
         # Whatever happened above, the socket is closed when this returns.
@@ -574,7 +579,8 @@ class _Connection:
         with trio.CancelScope(deadline=deadline, shield=True) as scope:
             self._send_scope = scope
             try:
-                await self._transport.send_all(data)
+                async with self._transport_write_lock:
+                    await self._transport.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 failed = f"write failed ({exc.__cause__ or exc})"
         self._send_scope = None
