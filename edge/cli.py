@@ -236,15 +236,22 @@ def _tool_settings(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, **overrides)
 
 
+def _tool_logging() -> None:
+    # The tools print their own output; library warnings (aiokafka) go to stderr, readable.
+    configure_logging("warning", "console")
+
+
 def _run_send_command(args: argparse.Namespace) -> int:
     from edge.tools.send_command import send_command_cli
 
+    _tool_logging()
     return trio.run(lambda: send_command_cli(_tool_settings(args), args, out=sys.stdout, err=sys.stderr))
 
 
 def _run_tail(args: argparse.Namespace) -> int:
     from edge.tools.tail import tail_cli
 
+    _tool_logging()
     return trio.run(lambda: tail_cli(_tool_settings(args), args, out=sys.stdout, err=sys.stderr))
 
 
