@@ -536,8 +536,8 @@ class KafkaBroker(_ProcessBroker):
         command = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _cluster_id(),
+            # `=` form: a base64 id may start with "-", which argparse would take for an option.
+            f"--cluster-id={_cluster_id()}",
             "-c",
             str(properties),
             "--ignore-formatted",
