@@ -117,6 +117,11 @@ async def _serve_one(stream: trio.SocketStream, connection: h11.Connection, runt
         event = await _next_event(stream, connection)
         if not isinstance(event, h11.Request):
             return False  # the client closed the connection between requests
+        # h11 bounds an *incomplete* head; one that completes within the last read can be a little
+        # larger, so the bound is checked again on the parsed head.
+        if len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_REQUEST_HEAD_BYTES:
+            await _send(stream, connection, Reply(431, b"text/plain", b"request head too large\n"), head=False)
+            return False
         body_bytes = 0
         while not isinstance(body_event := await _next_event(stream, connection), h11.EndOfMessage):
             if isinstance(body_event, h11.Data):
