@@ -55,8 +55,9 @@ def _log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 
 #: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
-#: tests under MockClock, RISKS 13): it receives the event channel's receive end, the peer registry
-#: and the KafkaState to report its connection in, and must drain the channel until it is closed.
+#: tests under MockClock, RISKS 13): it receives the event channel's receive end, the peer registry,
+#: the KafkaState to report its connection in, and the edge's metrics (keyword `metrics`), and must
+#: drain the channel until it is closed.
 Bridge = Callable[..., Awaitable[None]]
 
 
@@ -93,7 +94,7 @@ async def serve(
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
-                    await nursery.start(bridge, settings, events_receive, registry, kafka)
+                    await nursery.start(partial(bridge, metrics=runtime.metrics), settings, events_receive, registry, kafka)
                     port = await nursery.start(
                         partial(serve_peers, config=grpc, runtime=runtime), settings, events_send, registry, now
                     )

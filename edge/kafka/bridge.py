@@ -10,12 +10,15 @@ drained the channel, before Kafka clients are closed.
 
 from __future__ import annotations
 
+from functools import partial
+
 import structlog
 import trio
 
 from edge.config import Settings
 from edge.kafka.producer import serve_event_producer
 from edge.kafka.state import KafkaState
+from edge.ops.metrics import EdgeMetrics
 from edge.peers.registry import PeerRegistry
 from edge.records import OutboundRecord
 
@@ -28,9 +31,10 @@ async def serve_kafka_bridge(
     registry: PeerRegistry,
     state: KafkaState,
     *,
+    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     state.consumer_enabled = False
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_event_producer, settings, events, state)
+        await nursery.start(partial(serve_event_producer, metrics=metrics), settings, events, state)
         task_status.started()

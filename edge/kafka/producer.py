@@ -23,6 +23,7 @@ import trio_asyncio
 from edge.config import Settings
 from edge.kafka.aio import AioProducer
 from edge.kafka.state import KafkaState
+from edge.ops.metrics import EdgeMetrics
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,7 @@ class EventProducer:
     settings: Settings
     state: KafkaState
     stats: ProducerStats = attrs.field(factory=ProducerStats)
+    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create)
     _aio: AioProducer | None = attrs.field(default=None, init=False)
     _delay: float = attrs.field(default=RECONNECT_INITIAL_DELAY, init=False)
 
@@ -76,13 +78,17 @@ class EventProducer:
             await self.connect()
             assert self._aio is not None
             self.stats.crossings += 1
+            started = trio.current_time()
             try:
                 with trio.fail_after(self.settings.kafka_request_timeout_sec * 2):
                     pending = await trio_asyncio.aio_as_trio(self._aio.send_batch)(pending)
             except trio.TooSlowError:
                 log.warning("kafka_produce_timed_out", records=len(pending))
+            if not pending:
+                self.metrics.produced(batch, trio.current_time() - started)
             if pending:
                 self.stats.retried_records += len(pending)
+                self.metrics.events_produce_retried.inc(len(pending))
                 self.state.set_producer(False)
                 await self._backoff()
             else:
@@ -130,9 +136,10 @@ async def serve_event_producer(
     events: trio.MemoryReceiveChannel[OutboundRecord],
     state: KafkaState,
     *,
+    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[EventProducer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    producer = EventProducer(settings, state)
+    producer = EventProducer(settings, state, metrics=metrics if metrics is not None else EdgeMetrics.create())
     in_flight: list[OutboundRecord] = []
     async with events:
         task_status.started(producer)

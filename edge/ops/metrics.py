@@ -16,8 +16,9 @@ Every metric, with its meaning, is listed in docs/operations.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+import collections
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 import attrs
 import trio
@@ -223,6 +224,12 @@ class EdgeMetrics:
     def session_ended(self, reason: str) -> None:
         self.sessions_ended.labels(reason=reason).inc()
         self.peers_connected.dec()
+
+    def produced(self, records: Iterable[Any], seconds: float) -> None:
+        """A batch acknowledged by Kafka after `seconds`: latency once, records by topic."""
+        self.produce_latency.observe(seconds)
+        for topic, count in collections.Counter(record.topic for record in records).items():
+            self.events_produced.labels(topic=topic).inc(count)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (what `/metrics` serves)."""

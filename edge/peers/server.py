@@ -74,7 +74,7 @@ async def serve_peers(
     """Serve peers until cancelled. Reports the bound gRPC port through `task_status`."""
     config = config if config is not None else grpc_config(settings)
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
-    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now)
+    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now, metrics=runtime.metrics)
     routes = {CONNECT_PATH: handler, **runtime.ops_routes()}  # + gRPC health and reflection
     async with events:
         async with trio.open_nursery() as nursery:

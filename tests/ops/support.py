@@ -104,6 +104,7 @@ class MemoryBridge:
         registry: PeerRegistry,
         kafka: KafkaState,
         *,
+        metrics: object = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         kafka.consumer_enabled = False
