@@ -136,11 +136,12 @@ class SimStats:
 
 
 def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the snapshots of several processes (maxima and the slowest time to all-registered)."""
+    """Add up the snapshots of several processes: counts are summed (`max_registered` too: the sum of
+    each process's peak), the latency maximum and the time to all-registered are the slowest one's."""
     merged: dict[str, Any] = {}
     for snap in snapshots:
         for key, value in snap.items():
-            if key in ("latency_max_ms", "max_registered"):
+            if key == "latency_max_ms":
                 merged[key] = max(merged.get(key, 0), value)
             elif key == "all_registered_after_sec":
                 if key not in merged:
@@ -322,9 +323,9 @@ class PeerSimulation:
     config: SimConfig
     stats: SimStats = attrs.field(factory=SimStats)
     now_ms: Callable[[], int] = attrs.field(default=lambda: 0)
-    _stopping: trio.Event = attrs.field(factory=trio.Event)
-    _ssl: ssl.SSLContext | None = attrs.field(default=None)
-    _limiter: _RateLimiter = attrs.field(default=None)
+    _stopping: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _ssl: ssl.SSLContext | None = attrs.field(default=None, init=False)
+    _limiter: _RateLimiter = attrs.field(factory=lambda: _RateLimiter(0.0), init=False)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -588,8 +589,13 @@ async def _run_parent(config: SimConfig, processes: int, out: TextIO, err: TextI
     async with trio.open_nursery() as nursery:
         offset = config.id_offset
         for index, share in enumerate(shares):
+            # A session of its own: a terminal's Ctrl-C reaches the parent only, which forwards it
+            # once (a child hit twice would exit at once, without its report).
             process = await trio.lowlevel.open_process(
-                _child_argv(config, share, offset, width), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+                _child_argv(config, share, offset, width),
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
             children.append(process)
             nursery.start_soon(read, index, process)

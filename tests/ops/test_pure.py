@@ -121,7 +121,7 @@ def test_snapshots_merge_and_percentiles():
     a = {"peers": 2, "registered_now": 2, "max_registered": 2, "commands_received": {"x": 1}, "latency_buckets": [1, 0, 1], "latency_max_ms": 5.0, "all_registered_after_sec": 1.0}
     b = {"peers": 3, "registered_now": 1, "max_registered": 3, "commands_received": {"x": 2, "y": 1}, "latency_buckets": [0, 2, 0], "latency_max_ms": 9.0, "all_registered_after_sec": 2.5}
     merged = merge_snapshots([a, b])
-    assert merged["peers"] == 5 and merged["max_registered"] == 3
+    assert merged["peers"] == 5 and merged["max_registered"] == 5
     assert merged["commands_received"] == {"x": 3, "y": 1} and merged["latency_buckets"] == [1, 2, 1]
     assert merged["latency_max_ms"] == 9.0 and merged["all_registered_after_sec"] == 2.5
     assert merge_snapshots([a, {**b, "all_registered_after_sec": None}])["all_registered_after_sec"] is None
