@@ -57,17 +57,24 @@ async def serve(
     settings: Settings,
     *,
     now: Callable[[], datetime.datetime] = utc_now,
+    kafka_state: KafkaState | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the edge until cancelled. Reports the bound gRPC port through `task_status`."""
+    """Run the edge until cancelled. Reports the bound gRPC port through `task_status`.
+
+    `kafka_state`, if given, is kept up to date with the Kafka bridge's connections (readiness).
+    """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
-    kafka = KafkaState()
+    kafka = kafka_state if kafka_state is not None else KafkaState()
+    dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_exception)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_kafka_bridge, settings, events_receive, registry, kafka)
+            await nursery.start(
+                partial(serve_kafka_bridge, now=now), settings, events_receive, dead_letters, registry, kafka
+            )
             port = await nursery.start(partial(serve_peers, config=grpc), settings, events_send, registry, now)
             log.info("edge_started", edge_id=settings.edge_id, port=port)
             task_status.started(port)
