@@ -59,7 +59,3 @@ class RetryPolicy:
         while True:
             yield self.delay(retry, random())
             retry += 1
-
-    @property
-    def capped_delay_ms(self) -> int:
-        return self.max_delay_ms

@@ -19,6 +19,7 @@ from edge.kafka.state import KafkaState
 from edge.nursery import _log_asyncio_exception
 from edge.proto import pb
 from tests.bridge.support import Collector, bridge_settings
+from tests.kafka.broker import free_port
 from tests.kafka.client import consume_records
 
 
@@ -103,3 +104,24 @@ async def test_without_the_handler_one_failed_future_tears_the_loop_down():
             with trio.fail_after(10):  # ended by the loop's failure long before this deadline
                 await trio.sleep_forever()
     assert caught.group_contains(RuntimeError, match="nobody awaits me")
+
+
+async def test_shutdown_with_kafka_unreachable_logs_what_it_could_not_flush(tls_files):
+    """No broker at all: the edge starts within the start-up check's deadline, serves a peer, is not
+    ready, and on shutdown gives up flushing after SHUTDOWN_TIMEOUT_SEC, logging how many events it
+    could not produce (connected, catalog, disconnected)."""
+    settings = bridge_settings(
+        "unflushed", f"127.0.0.1:{free_port()}", tls_files, True, shutdown_timeout_sec=1.0, kafka_request_timeout_sec=2.0
+    )
+    state = KafkaState()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(10):
+                port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            peer = await Collector.connect(nursery, "peer-u", port, tls_files.ca_pem)
+            assert not state.ready
+            nursery.cancel_scope.cancel()
+        peer.close()
+    [unflushed] = [e for e in logs if e["event"] == "kafka_events_unflushed"]
+    assert unflushed["count"] == 3 and unflushed["deadline_sec"] == 1.0
+    assert any(e["event"] == "kafka_unavailable_at_start" for e in logs)
