@@ -3,12 +3,15 @@
 Task tree of `serve`; nesting is shutdown order, innermost first:
 
     serve                              trio-asyncio loop, event channel, registry
-      serve_kafka_bridge               (edge.kafka) producer; outlives the peer side
+      serve_kafka_bridge               (edge.kafka) producer, command consumer and router; outlives
+                                       the peer side; holds a clone of the event channel's send end
+                                       for dead letters
       serve_peers                      (edge.peers) gRPC server, one task per peer session
 
 Cancelling the scope around `serve` ends every session with reason `shutdown`; each queues its
-`disconnected` event, the peer side then closes the event channel, and the bridge, which keeps
-draining it under a shielded deadline, produces them before its Kafka clients close. A Trio program
+`disconnected` event, the peer side then closes its end of the event channel, the command consumer
+commits what is settled and closes its end, and the producer, which keeps draining the channel
+under a shielded deadline until every end is closed, produces them before its Kafka client closes. A Trio program
 embeds the edge with `port = await nursery.start(edge.serve, settings)` and stops it by cancelling
 that nursery.
 

@@ -185,6 +185,8 @@ class AioConsumer:
             request_timeout_ms=int(settings.kafka_request_timeout_sec * 1000),
         )
         self._paused = False
+        #: Partitions whose on_partitions_assigned is still running: not fetched from until it is done.
+        self._assigning: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Connect, join the group and wait for the first assignment."""
@@ -203,13 +205,11 @@ class AioConsumer:
         committed, commit_error = await self._commit(commits)
         assignment = self._consumer.assignment()
         if fetch and self._paused:
-            self._consumer.resume(*assignment)
+            self._consumer.resume(*(assignment - self._assigning))
             self._paused = False
-        elif not fetch and not self._paused:
-            self._consumer.pause(*assignment)
-            self._paused = True
         elif not fetch:
-            self._consumer.pause(*assignment)  # partitions assigned since the last pause
+            self._consumer.pause(*assignment)  # again: partitions may have been assigned since
+            self._paused = True
         records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max(1, max_records))
         return Poll(records, self._assignments.generation, committed, commit_error)
 
@@ -271,6 +271,19 @@ class AioConsumer:
             log.exception("kafka_revocation_failed")
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
+        # aiokafka would fetch from the new partitions while this listener awaits the commit metadata
+        # below; their records must not reach the Trio side before the tracker knows the partitions.
+        self._assigning = set(assigned)
+        if assigned:
+            self._consumer.pause(*assigned)
+        try:
+            await self._start_tracking(assigned)
+        finally:
+            self._assigning = set()
+            if assigned and not self._paused:
+                self._consumer.resume(*assigned)
+
+    async def _start_tracking(self, assigned: list[TopicPartition]) -> None:
         committed: dict[TopicPartition, tuple[int, str]] = {}
         try:
             if assigned:

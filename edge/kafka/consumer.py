@@ -64,6 +64,10 @@ class ConsumerStalled(Exception):
     """The consumer stopped receiving records that are waiting for it."""
 
 
+class ConsumerOutOfStep(Exception):
+    """aiokafka handed over records the tracker cannot account for; the consumer must start again."""
+
+
 def stalled_partitions(
     before: Mapping[TopicPartition, int], after: Progress
 ) -> list[TopicPartition]:
@@ -255,6 +259,11 @@ class _Consumer:
                     # (perhaps us again) reads them from the last commit.
                     log.debug("kafka_records_stale", partition=f"{tp.topic}:{tp.partition}")
                     return
+                if not intake.tracker.owns(tp):
+                    # aiokafka returned records of a partition the rebalance listener has not handed
+                    # over yet. Dropping them would lose them until the next restart: start again from
+                    # the last commit instead.
+                    raise ConsumerOutOfStep(f"records of {tp.topic}:{tp.partition} before its assignment")
                 ticket = intake.tracker.read(tp, record.offset)
                 if ticket is None:
                     skipped += 1

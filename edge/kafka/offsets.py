@@ -202,6 +202,9 @@ class OffsetTracker:
     def assigned(self) -> frozenset[Partition]:
         return frozenset(self._progress)
 
+    def owns(self, partition: Partition) -> bool:
+        return (partition[0], partition[1]) in self._progress
+
     def assign(self, partition: Partition, committed: CommitPoint | None = None) -> None:
         """Start tracking `partition`, skipping what its last commit's metadata says is settled.
         A partition already tracked keeps its progress."""

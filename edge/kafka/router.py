@@ -48,6 +48,7 @@ import structlog
 import trio
 
 from edge.config import Settings
+from edge.convert import timestamp
 from edge.kafka.backoff import RandomSource, RetryPolicy
 from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
 from edge.kafka.offsets import Partition, Ticket
@@ -332,6 +333,8 @@ class CommandRouter:
                 reason=reason.value,
             )
         for pending, letter_reason, letter_detail in letters:
+            if pending.abandoned:
+                continue  # its partition was revoked while an earlier dead letter was being queued
             self._remove(line, pending)
             await self.dead_letter(undeliverable(pending.command, letter_reason, letter_detail, pending.attempts), pending.ticket)
 
@@ -339,9 +342,12 @@ class CommandRouter:
         now = trio.current_time()
         expired = [p for p in line.queue if p.expires is not None and p.expires <= now]
         for pending in expired:
+            if pending.abandoned:
+                continue
             self._remove(line, pending)
             expires_at = pending.command.expires_at
-            detail = f"expired at {expires_at.isoformat() if expires_at else '?'} after {pending.attempts} attempts"
+            shown = timestamp(expires_at) if expires_at is not None else "?"
+            detail = f"expired at {shown} before it could be delivered ({pending.attempts} attempts)"
             await self.dead_letter(undeliverable(pending.command, Reason.EXPIRED, detail, pending.attempts), pending.ticket)
 
     def _remove(self, line: _Line, pending: _Pending) -> None:
