@@ -84,6 +84,11 @@ def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
         raise _invalid(attribute, value)
 
 
+def _session_timeout(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 1 <= value <= 300:
+        raise _invalid(attribute, value)
+
+
 def _fraction(_inst: object, attribute: attrs.Attribute, value: float) -> None:
     if not 0 <= value <= 1:
         raise _invalid(attribute, value)
@@ -210,6 +215,21 @@ class Settings:
     )
     kafka_request_timeout_sec: float = _setting(
         "KAFKA_REQUEST_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", _positive
+    )
+    kafka_max_pending_commands: int = _setting(
+        "KAFKA_MAX_PENDING_COMMANDS",
+        1000,
+        "a whole number of commands above 0 (read and not yet settled, held ones aside)",
+        _positive,
+    )
+    kafka_commit_interval_ms: int = _setting(
+        "KAFKA_COMMIT_INTERVAL_MS", 500, "a whole number of milliseconds above 0", _positive
+    )
+    kafka_session_timeout_sec: float = _setting(
+        "KAFKA_SESSION_TIMEOUT_SEC",
+        10.0,
+        "seconds from 1 to 300 (the broker's group.min/max.session.timeout.ms must allow it)",
+        _session_timeout,
     )
     kafka_create_topics: bool = _setting("KAFKA_CREATE_TOPICS", True, "true or false")
     kafka_topic_partitions: int = _setting(

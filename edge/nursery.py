@@ -3,12 +3,15 @@
 Task tree of `serve`; nesting is shutdown order, innermost first:
 
     serve                              trio-asyncio loop, event channel, registry
-      serve_kafka_bridge               (edge.kafka) producer; outlives the peer side
+      serve_kafka_bridge               (edge.kafka) producer, command consumer and router; outlives
+                                       the peer side; holds a clone of the event channel's send end
+                                       for dead letters
       serve_peers                      (edge.peers) gRPC server, one task per peer session
 
 Cancelling the scope around `serve` ends every session with reason `shutdown`; each queues its
-`disconnected` event, the peer side then closes the event channel, and the bridge, which keeps
-draining it under a shielded deadline, produces them before its Kafka clients close. A Trio program
+`disconnected` event, the peer side then closes its end of the event channel, the command consumer
+commits what is settled and closes its end, and the producer, which keeps draining the channel
+under a shielded deadline until every end is closed, produces them before its Kafka client closes. A Trio program
 embeds the edge with `port = await nursery.start(edge.serve, settings)` and stops it by cancelling
 that nursery.
 
@@ -33,6 +36,7 @@ import trio_asyncio
 
 from edge.config import Address, Settings
 from edge.kafka.bridge import serve_kafka_bridge
+from edge.kafka.state import KafkaState
 from edge.ops.http import serve_ops_http
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
@@ -55,9 +59,9 @@ def _log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 
 #: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
-#: tests under MockClock, RISKS 13): it receives the event channel's receive end, the peer registry,
-#: the KafkaState to report its connection in, and the edge's metrics (keyword `metrics`), and must
-#: drain the channel until it is closed.
+#: tests under MockClock, RISKS 13): it receives the event channel's receive end and a clone of its
+#: send end (for dead letters; it must close it), the peer registry, the KafkaState to report its
+#: connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
 Bridge = Callable[..., Awaitable[None]]
 
 
@@ -66,14 +70,16 @@ async def serve(
     *,
     now: Callable[[], datetime.datetime] = utc_now,
     runtime: EdgeRuntime | None = None,
+    kafka_state: KafkaState | None = None,
     bridge: Bridge = serve_kafka_bridge,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the edge until cancelled. Reports the bound gRPC port through `task_status`.
 
     `runtime` (made here if not given) holds the metrics, the readiness state and the bound ports; pass
-    one to read them from outside. The ops HTTP endpoint (HEALTH_HTTP_ADDRESS) starts first and stops
-    last: it keeps answering during the drain (`/readyz` 503, `/metrics` live) for at most
+    one to read them from outside. `kafka_state`, if given, is the one the bridge keeps up to date
+    (the runtime's readiness reads it). The ops HTTP endpoint (HEALTH_HTTP_ADDRESS) starts first and
+    stops last: it keeps answering during the drain (`/readyz` 503, `/metrics` live) for at most
     SHUTDOWN_DEADLINE_SEC after cancellation.
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
@@ -81,7 +87,10 @@ async def serve(
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
+    if kafka_state is not None:
+        runtime.health.kafka = kafka_state
     kafka = runtime.health.kafka
+    dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_exception)
         async with trio.open_nursery() as outer:
@@ -94,7 +103,14 @@ async def serve(
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
-                    await nursery.start(partial(bridge, metrics=runtime.metrics), settings, events_receive, registry, kafka)
+                    await nursery.start(
+                        partial(bridge, now=now, metrics=runtime.metrics),
+                        settings,
+                        events_receive,
+                        dead_letters,
+                        registry,
+                        kafka,
+                    )
                     port = await nursery.start(
                         partial(serve_peers, config=grpc, runtime=runtime), settings, events_send, registry, now
                     )

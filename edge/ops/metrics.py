@@ -225,8 +225,10 @@ class EdgeMetrics:
         self.sessions_ended.labels(reason=reason).inc()
         self.peers_connected.dec()
 
-    def produced(self, records: Iterable[Any], seconds: float) -> None:
+    def produced(self, records: list[Any], seconds: float) -> None:
         """A batch acknowledged by Kafka after `seconds`: latency once, records by topic."""
+        if not records:
+            return
         self.produce_latency.observe(seconds)
         for topic, count in collections.Counter(record.topic for record in records).items():
             self.events_produced.labels(topic=topic).inc(count)

@@ -28,10 +28,10 @@ class EdgeRuntime:
     @classmethod
     def create(cls, edge_id: str = "") -> EdgeRuntime:
         runtime = cls(metrics=EdgeMetrics.create(edge_id))
-        kafka = runtime.health.kafka
+        health = runtime.health  # read through it at scrape time: `serve` may give it another KafkaState
         runtime.metrics.observe_kafka(
-            lambda: kafka.producer_connected,
-            lambda: kafka.consumer_connected if kafka.consumer_enabled else None,
+            lambda: health.kafka.producer_connected,
+            lambda: health.kafka.consumer_connected if health.kafka.consumer_enabled else None,
         )
         runtime.metrics.observe_readiness(lambda: runtime.health.ready, lambda: runtime.health.accepting)
         stats = runtime.grpc_stats

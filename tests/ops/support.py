@@ -101,12 +101,15 @@ class MemoryBridge:
         self,
         settings: Settings,
         events: trio.MemoryReceiveChannel[OutboundRecord],
+        dead_letters: trio.MemorySendChannel[OutboundRecord],
         registry: PeerRegistry,
         kafka: KafkaState,
         *,
+        now: object = None,
         metrics: object = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        await dead_letters.aclose()  # no commands here, so no dead letters
         kafka.consumer_enabled = False
         kafka.set_producer(True)
         task_status.started()
