@@ -75,7 +75,7 @@ async def serve_kafka_bridge(
             topics_ready.set()
         tracker = OffsetTracker()
         router = CommandRouter(
-            settings, registry, dead_letters, lambda ticket: intake.settle(ticket), now, random=random
+            settings, registry, dead_letters, lambda ticket: intake.settle(ticket), now, random=random, metrics=metrics
         )
         intake = CommandIntake(tracker, router, settings.kafka_max_pending_commands)
         parser = CommandParser(max_message_bytes=settings.grpc_max_message_bytes)

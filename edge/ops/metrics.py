@@ -233,6 +233,10 @@ class EdgeMetrics:
         for topic, count in collections.Counter(record.topic for record in records).items():
             self.events_produced.labels(topic=topic).inc(count)
 
+    def command_delivered(self, command_type: str, seconds: float) -> None:
+        self.commands_delivered.labels(command_type=command_type).inc()
+        self.delivery_latency.observe(seconds)
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric (what `/metrics` serves)."""
         return generate_latest(self.registry)

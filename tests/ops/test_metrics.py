@@ -1,5 +1,6 @@
 """`/metrics` as Prometheus reads it (prometheus-client's own parser), moving as a real grpcio peer
-over TLS registers, talks and leaves, with the real Kafka bridge producing."""
+over TLS registers, talks, receives a command and leaves, and as commands that cannot be delivered
+are dead-lettered, with the real Kafka bridge producing and consuming."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from edge.config import settings_for_tests
 from edge.ops.runtime import EdgeRuntime
 from edge.proto import pb
 from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records
+from tests.kafka.client import consume_records, produce_records
 from tests.ops.support import http_get
 
 pytestmark = pytest.mark.kafka
@@ -42,6 +43,8 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         kafka_enable_idempotence=kafka_supports_idempotence,
         kafka_peer_lifecycle_events_topic=lifecycle,
         kafka_peer_catalog_updates_topic=catalog,
+        kafka_group_id=kafka_topic_prefix,
+        retry_max_retries=0,
         grpc_use_tls=True,
         grpc_cert_path=tls_files.cert_path,
         grpc_key_path=tls_files.key_path,
@@ -61,7 +64,20 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
             peer.send(pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=1)))
             peer.send(pb.PeerMessage(request_id="o1", batch_file_offer_request=pb.BatchFileOfferRequest(category_type="movie")))
             await consume_records(kafka_bootstrap, catalog, count=2, timeout=60)  # full catalog + offer produced
-            during = await scrape(runtime.http_port)
+            command = {"peer_id": "metrics-peer", "command_type": "file_remap", "request_id": "cmd-1",
+                       "command_data": {"old_catalog_uuid": "c1", "new_catalog_uuid": "c2"}}
+            absent = {**command, "peer_id": "nobody", "request_id": "cmd-2"}
+            await produce_records(
+                kafka_bootstrap,
+                settings.commands_topic,
+                [("metrics-peer", command), ("nobody", absent), ("metrics-peer", "not json")],
+            )
+            delivered = await peer.receive_kind("file_remap_request", timeout=60)
+            assert delivered.request_id == "cmd-1"
+            await consume_records(kafka_bootstrap, settings.deadletter_topic, count=2, timeout=60)
+            with trio.fail_after(30):
+                while value(during := await scrape(runtime.http_port), "giggityflix_edge_commands_dead_lettered_total", reason="invalid_json") < 1:
+                    await trio.sleep(0.05)
             peer.half_close()
             code, _ = await peer.wait_status()
             assert code == grpc.StatusCode.OK
@@ -92,6 +108,13 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
     assert value(during, "giggityflix_edge_messages_received_total", kind="batch_file_offer_request") == 1
     assert value(during, "giggityflix_edge_messages_sent_total", kind="registration_response") == 1
     assert value(during, "giggityflix_edge_events_produced_total", topic=catalog) == 2
+    assert value(during, "giggityflix_edge_commands_received_total") == 3
+    assert value(during, "giggityflix_edge_commands_delivered_total", command_type="file_remap") == 1
+    assert value(during, "giggityflix_edge_messages_sent_total", kind="file_remap_request") == 1
+    assert value(during, "giggityflix_edge_command_delivery_latency_seconds_count") == 1
+    assert value(during, "giggityflix_edge_commands_dead_lettered_total", reason="peer_not_connected") == 1
+    assert value(during, "giggityflix_edge_commands_dead_lettered_total", reason="invalid_json") == 1
+    assert value(during, "giggityflix_edge_kafka_connected", client="consumer") == 1
 
     assert value(after, "giggityflix_edge_sessions_started_total") == 1
     assert value(after, "giggityflix_edge_sessions_ended_total", reason="stream_closed") == 1

@@ -1,5 +1,6 @@
-"""SIGTERM to a real `python -m edge run` process with 50 connected grpcio peers over TLS: every peer
-gets UNAVAILABLE, 50 `disconnected(shutdown)` events are in Kafka, and the process exits 0 well
+"""SIGTERM to a real `python -m edge run` process with 50 connected grpcio peers over TLS, ten of
+which have just been handed a command: every peer gets UNAVAILABLE, 50 `disconnected(shutdown)`
+events are in Kafka, every delivered command's offset is committed, and the process exits 0 well
 within SHUTDOWN_DEADLINE_SEC. And the drain deadline itself: with Kafka unreachable, the process
 gives up at SHUTDOWN_DEADLINE_SEC and says so (exit 1)."""
 
@@ -13,12 +14,13 @@ import pytest
 import trio
 
 from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records, create_topics
+from tests.kafka.client import consume_records, create_topics, group_offsets, produce_records
 from tests.process import EdgeProcess
 
 pytestmark = pytest.mark.kafka
 
 PEERS = 50
+COMMANDED = 10
 DEADLINE_SEC = 20.0
 
 
@@ -32,6 +34,7 @@ def edge_env(edge_id, bootstrap, tls_files, idempotence, **extra):
         "KAFKA_ENABLE_IDEMPOTENCE": "true" if idempotence else "false",
         "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{edge_id}-lifecycle",
         "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{edge_id}-catalog",
+        "KAFKA_GROUP_ID": f"{edge_id}-group",
         "SHUTDOWN_DEADLINE_SEC": str(DEADLINE_SEC),
         **extra,
     }
@@ -55,7 +58,16 @@ async def test_sigterm_drains_50_peers_and_exits_0(
             for peer in peers:
                 reply = await peer.receive_kind("registration_response", timeout=30)
                 assert reply.registration_response.success
-            began = trio.current_time()
+            commands = [
+                (f"drain-{index:02d}", {"peer_id": f"drain-{index:02d}", "command_type": "file_hash", "request_id": f"c-{index}",
+                                        "command_data": {"catalog_uuid": "c", "hash_types": ["sha256"]}})
+                for index in range(COMMANDED)
+            ]
+            await produce_records(kafka_bootstrap, f"edge-commands-{kafka_topic_prefix}", commands)
+            for index in range(COMMANDED):
+                delivered = await peers[index].receive_kind("file_hash_request", timeout=60)
+                assert delivered.request_id == f"c-{index}"
+            began = trio.current_time()  # at once: the commits of these deliveries are still due
             edge.signal(signal.SIGTERM)
             assert await edge.wait_exit(timeout=DEADLINE_SEC + 10) == 0
             took = trio.current_time() - began
@@ -82,6 +94,9 @@ async def test_sigterm_drains_50_peers_and_exits_0(
     for events in by_peer.values():
         assert [(kind, reason) for kind, reason, _ in events] == [("connected", None), ("disconnected", "shutdown")]
         assert events[0][2] == events[1][2]
+    committed, ends = await group_offsets(kafka_bootstrap, f"{kafka_topic_prefix}-group", f"edge-commands-{kafka_topic_prefix}")
+    assert sum(ends.values()) == COMMANDED
+    assert {partition: committed.get(partition, (0, ""))[0] for partition in ends} == ends
     print(f"\nSIGTERM with {PEERS} TLS peers: exit 0 after {took:.2f} s")
 
 
