@@ -34,6 +34,7 @@ import trio_asyncio
 from edge.config import Settings
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.kafka.state import KafkaState
+from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.records import OutboundRecord
@@ -61,6 +62,7 @@ async def serve(
 ) -> None:
     """Run the edge until cancelled. Reports the bound gRPC port through `task_status`."""
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
+    admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
     kafka = KafkaState()
@@ -68,7 +70,7 @@ async def serve(
         loop.set_exception_handler(_log_asyncio_exception)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_kafka_bridge, settings, events_receive, registry, kafka)
-            port = await nursery.start(partial(serve_peers, config=grpc), settings, events_send, registry, now)
+            port = await nursery.start(partial(serve_peers, config=grpc, admission=admission), settings, events_send, registry, now)
             log.info("edge_started", edge_id=settings.edge_id, port=port)
             task_status.started(port)
     log.info("edge_stopped", edge_id=settings.edge_id)
