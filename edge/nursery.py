@@ -70,7 +70,8 @@ async def serve(
         loop.set_exception_handler(_log_asyncio_exception)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_kafka_bridge, settings, events_receive, registry, kafka)
-            port = await nursery.start(partial(serve_peers, config=grpc, admission=admission), settings, events_send, registry, now)
+            peers = partial(serve_peers, config=grpc, admission=admission)
+            port = await nursery.start(peers, settings, events_send, registry, now)
             log.info("edge_started", edge_id=settings.edge_id, port=port)
             task_status.started(port)
     log.info("edge_stopped", edge_id=settings.edge_id)

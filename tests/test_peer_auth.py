@@ -91,8 +91,10 @@ async def refused(peer: GrpcioPeer, peer_id: str) -> tuple[grpc.StatusCode, str,
 
 async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
     """Right certificate and id: admitted. A valid certificate for another id: PERMISSION_DENIED (and
-    the log names both ids). No certificate: UNAUTHENTICATED. A certificate from another CA: the TLS
-    handshake fails. The connected peer sees none of it, and refused streams publish nothing."""
+    the log names both ids). No certificate: UNAUTHENTICATED. A certificate from another CA, or a
+    server-only certificate from the right CA: the TLS handshake fails. A CN-only certificate from
+    `python -m edge certs --peer-id` proves its CN. The connected peer sees none of it, and refused
+    streams publish nothing."""
     settings = tls_settings(tls_files, peer_auth_mode="mtls", grpc_client_ca_path=creds.client_ca_path)
     root = tls_files.ca_pem
     rogue_ca = trustme.CA()
@@ -125,6 +127,14 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
                 assert await rogue.receive() is None
                 assert rogue.code() == grpc.StatusCode.UNAVAILABLE
 
+                # The edge's own server certificate (same CA, but serverAuth only) is no client certificate.
+                server_as_client = peer(
+                    client_certificate=((creds.dev_dir / "server.key").read_bytes(), (creds.dev_dir / "server.crt").read_bytes())
+                )
+                server_as_client.register("localhost")
+                assert await server_as_client.receive() is None
+                assert server_as_client.code() == grpc.StatusCode.UNAVAILABLE
+
                 # The development CA's certificate (CN only, from `python -m edge certs --peer-id`).
                 dev_cert, dev_key = issue_peer_certificate(creds.dev_dir, "peer-dev")
                 dev = peer(client_certificate=(dev_key.read_bytes(), dev_cert.read_bytes()))
@@ -146,7 +156,7 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
     assert denied["log_level"] == "warning" and denied["method"] == "certificate"
     [missing] = [e for e in logs if e["event"] == "peer_auth_refused" and e["code"] == "UNAUTHENTICATED"]
     assert missing["reason"] == "no_credentials" and missing["proven_peer_ids"] == []
-    assert any(e["event"] == "grpc_tls_handshake_failed" for e in logs)
+    assert len([e for e in logs if e["event"] == "grpc_tls_handshake_failed"]) == 2
 
 
 # --------------------------------------------------------------------------------------------- tokens

@@ -168,13 +168,21 @@ class Admission:
 
 
 def load_admission(settings: Settings, now: Callable[[], datetime.datetime]) -> Admission:
-    """Read the key files and check the identity settings, once, at start-up. Raises ConfigError."""
+    """Read the key files and check the identity settings, once, at start-up. Raises ConfigError.
+
+    Warnings (private files others can read, settings the mode ignores, no authentication) are logged
+    only once everything is valid, so a refused start-up prints its one error line and nothing else.
+    """
     mode = AuthMode(settings.peer_auth_mode)
     if mode.uses_certificates and not settings.grpc_use_tls:
         raise ConfigError(
             "PEER_AUTH_MODE", "none or token while GRPC_USE_TLS is false (client certificates need TLS)", mode.value
         )
     tokens = _load_token_policy(settings, mode)
+    if settings.grpc_use_tls:
+        warn_if_private_file_is_open("GRPC_KEY_PATH", settings.grpc_key_path)
+    if tokens is not None and settings.peer_token_hmac_secret_path is not None:
+        warn_if_private_file_is_open("PEER_TOKEN_HMAC_SECRET_PATH", settings.peer_token_hmac_secret_path)
     _warn_ignored(settings, mode)
     if mode is AuthMode.NONE:
         log.warning(
@@ -197,12 +205,10 @@ def load_admission(settings: Settings, now: Callable[[], datetime.datetime]) -> 
 
 
 def apply_peer_tls(context: ssl.SSLContext, settings: Settings) -> None:
-    """Checks the server key's file mode, and with PEER_AUTH_MODE mtls or mtls_or_token loads
-    GRPC_CLIENT_CA_PATH into `context`. Client certificates are then *optional* at the TLS layer: one that
+    """With PEER_AUTH_MODE mtls or mtls_or_token, loads GRPC_CLIENT_CA_PATH into `context`. Client certificates are then *optional* at the TLS layer: one that
     is presented must verify or the handshake fails, and a stream without one is refused by `authorize`
     with UNAUTHENTICATED and a log line, rather than by an anonymous handshake error (and, with
     mtls_or_token, may bring a token instead)."""
-    warn_if_private_file_is_open("GRPC_KEY_PATH", settings.grpc_key_path)
     if not AuthMode(settings.peer_auth_mode).uses_certificates:
         return
     accepts = "a readable PEM file of the CA certificates that sign peer certificates (PEER_AUTH_MODE uses mtls)"
@@ -246,7 +252,6 @@ def _load_token_policy(settings: Settings, mode: AuthMode) -> TokenPolicy | None
     secrets: tuple[bytes, ...] = ()
     public_keys: tuple[Any, ...] = ()
     if hmac_path is not None:
-        warn_if_private_file_is_open("PEER_TOKEN_HMAC_SECRET_PATH", hmac_path)
         secrets = _parse_key_file(
             "PEER_TOKEN_HMAC_SECRET_PATH",
             hmac_path,

@@ -51,7 +51,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
             raise ConfigError(
                 "GRPC_CERT_PATH", "a PEM certificate matching the PEM key at GRPC_KEY_PATH", str(settings.grpc_cert_path)
             ) from None
-        apply_peer_tls(ssl_context, settings)  # client certificates (PEER_AUTH_MODE), key file mode
+        apply_peer_tls(ssl_context, settings)  # client certificates (PEER_AUTH_MODE)
     return GrpcServerConfig(
         host=settings.grpc_server_address.host,
         port=settings.grpc_server_address.port,
