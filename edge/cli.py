@@ -165,13 +165,15 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     if args.ttl_sec <= 0:
         print("edge: --ttl-sec must be above 0", file=sys.stderr)
         return 2
+    path: Path
     if args.ed25519_key is not None:
-        path, parse = args.ed25519_key, parse_ed25519_private_key
+        path = args.ed25519_key
     else:
         path = args.secret or settings.peer_token_hmac_secret_path or Path("certs") / DEV_TOKEN_SECRET_NAME
-        parse = lambda data: parse_hmac_secrets(data)[0]  # noqa: E731 - the first secret signs
     try:
-        key = parse(path.read_bytes())
+        data = path.read_bytes()
+        # The first secret of the file signs (see docs/security.md, rotation).
+        key = parse_ed25519_private_key(data) if args.ed25519_key is not None else parse_hmac_secrets(data)[0]
     except OSError as error:
         print(f"edge: cannot read signing key {path}: {error.strerror}", file=sys.stderr)
         return 2

@@ -104,10 +104,11 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
         peers.append(GrpcioPeer(edge.port, root_certificates=root, own_connection=True, **kwargs))
         return peers[-1]
 
+    good_leaf = creds.peer_ca.issue_cert("peer-a")
     with structlog.testing.capture_logs() as logs:
         async with running_peers(settings) as edge:
             try:
-                good = peer(client_certificate=client_cert(creds.peer_ca.issue_cert("peer-a")))
+                good = peer(client_certificate=client_cert(good_leaf))
                 good.register("peer-a")
                 assert (await good.receive_kind("registration_response")).registration_response.success
                 session = edge.registry.lookup("peer-a")
@@ -157,6 +158,8 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
     [missing] = [e for e in logs if e["event"] == "peer_auth_refused" and e["code"] == "UNAUTHENTICATED"]
     assert missing["reason"] == "no_credentials" and missing["proven_peer_ids"] == []
     assert len([e for e in logs if e["event"] == "grpc_tls_handshake_failed"]) == 2
+    private_keys = [good_leaf.private_key_pem.bytes(), (creds.dev_dir / "server.key").read_bytes(), tls_files.key_path.read_bytes()]
+    assert_no_secrets(logs, [line for key in private_keys for line in key.decode().splitlines() if "-----" not in line])
 
 
 # --------------------------------------------------------------------------------------------- tokens

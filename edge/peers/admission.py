@@ -122,7 +122,7 @@ class Admission:
         try:
             return await handler(stream)
         finally:
-            self._registered(stream)
+            self._leave_unregistered(stream)
 
     async def _refuse(self, stream: ServerStream, code: StatusCode, message: str) -> Status:
         refusal = protocol.registration_refused(None, message, self.edge_id)
@@ -133,7 +133,7 @@ class Admission:
                 pass  # gone already; the status is all it would have got
         return Status(code, message)
 
-    def _registered(self, stream: ServerStream) -> None:
+    def _leave_unregistered(self, stream: ServerStream) -> None:
         if stream in self._pending:
             self._pending.discard(stream)
             self.unregistered.leave()
@@ -157,7 +157,7 @@ class Admission:
             )
             raise PeerProtocolError(decision.message, decision.code)
         structlog.contextvars.bind_contextvars(auth=decision.method)
-        self._registered(stream)
+        self._leave_unregistered(stream)
 
     @property
     def unregistered_streams(self) -> int:
