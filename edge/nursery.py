@@ -37,6 +37,7 @@ import trio_asyncio
 from edge.config import Settings
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.kafka.state import KafkaState
+from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.records import OutboundRecord
@@ -68,6 +69,7 @@ async def serve(
     `kafka_state`, if given, is kept up to date with the Kafka bridge's connections (readiness).
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
+    admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
     kafka = kafka_state if kafka_state is not None else KafkaState()
@@ -78,7 +80,8 @@ async def serve(
             await nursery.start(
                 partial(serve_kafka_bridge, now=now), settings, events_receive, dead_letters, registry, kafka
             )
-            port = await nursery.start(partial(serve_peers, config=grpc), settings, events_send, registry, now)
+            peers = partial(serve_peers, config=grpc, admission=admission)
+            port = await nursery.start(peers, settings, events_send, registry, now)
             log.info("edge_started", edge_id=settings.edge_id, port=port)
             task_status.started(port)
     log.info("edge_stopped", edge_id=settings.edge_id)
