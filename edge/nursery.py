@@ -39,6 +39,7 @@ from edge.kafka.bridge import serve_kafka_bridge
 from edge.kafka.state import KafkaState
 from edge.ops.http import serve_ops_http
 from edge.ops.runtime import EdgeRuntime
+from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.records import OutboundRecord
@@ -83,6 +84,7 @@ async def serve(
     SHUTDOWN_DEADLINE_SEC after cancellation.
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
+    admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
@@ -111,9 +113,8 @@ async def serve(
                         registry,
                         kafka,
                     )
-                    port = await nursery.start(
-                        partial(serve_peers, config=grpc, runtime=runtime), settings, events_send, registry, now
-                    )
+                    peers = partial(serve_peers, config=grpc, admission=admission, runtime=runtime)
+                    port = await nursery.start(peers, settings, events_send, registry, now)
                     log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
                     task_status.started(port)
             finally:

@@ -233,6 +233,11 @@ class EdgeMetrics:
         for topic, count in collections.Counter(record.topic for record in records).items():
             self.events_produced.labels(topic=topic).inc(count)
 
+    def registration_refused(self, code: Any) -> None:
+        """A registration refused with gRPC status `code` (INVALID_ARGUMENT counts as `invalid`)."""
+        name = code.name.lower()
+        self.registrations_refused.labels(cause="invalid" if name == "invalid_argument" else name).inc()
+
     def command_delivered(self, command_type: str, seconds: float) -> None:
         self.commands_delivered.labels(command_type=command_type).inc()
         self.delivery_latency.observe(seconds)

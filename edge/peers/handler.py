@@ -27,6 +27,7 @@ from edge.config import Settings
 from edge.grpc import ServerStream, Status, StatusCode, StreamError
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
+from edge.peers.admission import Admission
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
 from edge.peers.session import Session
@@ -47,6 +48,8 @@ class PeerStreamHandler:
     registry: PeerRegistry
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
+    admission: Admission | None = None
     metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
 
     async def __call__(self, stream: ServerStream) -> Status:
@@ -108,9 +111,12 @@ class PeerStreamHandler:
         try:
             first = protocol.decode_peer_message(data)
             self.metrics.message_received(first.WhichOneof("payload"))
-            return first, protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
+            registration = protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
+            if self.admission is not None:
+                self.admission.authorize(stream, registration)  # UNAUTHENTICATED / PERMISSION_DENIED
+            return first, registration
         except PeerProtocolError as error:
-            self.metrics.registrations_refused.labels(cause="invalid").inc()
+            self.metrics.registration_refused(error.code)
             log.info("peer_registration_refused", detail=error.message)
             await self._refuse(stream, first, error.message)
             return first, Status(error.code, error.message)

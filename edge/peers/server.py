@@ -26,7 +26,9 @@ from edge.config import ConfigError, Settings
 from edge.grpc import GrpcServerConfig, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
+from edge.peers.admission import Admission, apply_peer_tls, load_admission
 from edge.peers.handler import PeerStreamHandler
+from edge.peers.limits import message_meter_factory
 from edge.peers.registry import PeerRegistry
 from edge.proto import CONNECT_PATH
 from edge.records import OutboundRecord
@@ -51,6 +53,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
             raise ConfigError(
                 "GRPC_CERT_PATH", "a PEM certificate matching the PEM key at GRPC_KEY_PATH", str(settings.grpc_cert_path)
             ) from None
+        apply_peer_tls(ssl_context, settings)  # client certificates (PEER_AUTH_MODE)
     return GrpcServerConfig(
         host=settings.grpc_server_address.host,
         port=settings.grpc_server_address.port,
@@ -58,6 +61,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
         max_message_bytes=settings.grpc_max_message_bytes,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         shutdown_grace=settings.shutdown_timeout_sec,
+        message_meter=message_meter_factory(settings.peer_message_rate, settings.peer_message_burst),
     )
 
 
@@ -68,14 +72,23 @@ async def serve_peers(
     now: Callable[[], datetime.datetime],
     *,
     config: GrpcServerConfig | None = None,
+    admission: Admission | None = None,
     runtime: EdgeRuntime | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`."""
+    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
+
+    `config` and `admission` are built from `settings` (reading certificates and keys) unless given.
+    """
     config = config if config is not None else grpc_config(settings)
+    admission = admission if admission is not None else load_admission(settings, now)
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
-    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now, metrics=runtime.metrics)
-    routes = {CONNECT_PATH: handler, **runtime.ops_routes()}  # + gRPC health and reflection
+    handler = PeerStreamHandler(
+        settings=settings, registry=registry, events=events, now=now, admission=admission, metrics=runtime.metrics
+    )
+    # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
+    # do not (load balancers probe them), and bound their own streams.
+    routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
     async with events:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(partial(serve_grpc, stats=runtime.grpc_stats), config, routes)

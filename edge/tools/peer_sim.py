@@ -21,6 +21,7 @@ least once, 1 otherwise, 2 for bad arguments.
 from __future__ import annotations
 
 import collections
+import datetime
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ import attrs
 import trio
 from google.protobuf.message import DecodeError
 
+from edge.peers.tokens import mint_token
 from edge.proto import CONNECT_PATH, pb
 from edge.tools.grpc_client import GrpcClientConnection, StreamEnded, client_ssl_context, connect
 
@@ -52,6 +54,8 @@ RECONNECT_MAX: Final = 30.0
 CONNECT_TIMEOUT: Final = 15.0
 REGISTRATION_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
+#: Lifetime of the tokens peer-sim signs (one per session).
+TOKEN_TTL_SEC: Final = 3600.0
 
 
 @attrs.frozen
@@ -73,6 +77,12 @@ class SimConfig:
     duration: float | None = None
     reconnect: bool = True
     progress_interval: float = 2.0
+    #: Signs a token per peer (PEER_AUTH_MODE token): an HS256 secret (bytes) or an Ed25519 private key.
+    token_key: Any = None
+    token_audience: str | None = None
+    #: The files the key came from, handed on to child processes.
+    token_secret_path: str | None = None
+    token_ed25519_path: str | None = None
 
     def peer_ids(self) -> list[str]:
         width = self.id_width or len(str(self.id_offset + self.peers))
@@ -323,6 +333,8 @@ class PeerSimulation:
     config: SimConfig
     stats: SimStats = attrs.field(factory=SimStats)
     now_ms: Callable[[], int] = attrs.field(default=lambda: 0)
+    #: Wall clock for the tokens' iat/exp (tokens are checked against the edge's wall clock).
+    wall: Callable[[], datetime.datetime] = attrs.field(default=lambda: datetime.datetime.now(datetime.timezone.utc))
     _stopping: trio.Event = attrs.field(factory=trio.Event, init=False)
     _ssl: ssl.SSLContext | None = attrs.field(default=None, init=False)
     _limiter: _RateLimiter = attrs.field(factory=lambda: _RateLimiter(0.0), init=False)
@@ -404,8 +416,12 @@ class PeerSimulation:
 
     async def _session(self, connection: GrpcClientConnection, peer_id: str, catalog: list[str]) -> bool:
         stats = self.stats
+        metadata: tuple[tuple[str, str], ...] = ()
+        if self.config.token_key is not None:
+            token = mint_token(peer_id, self.config.token_key, now=self.wall(), ttl_sec=TOKEN_TTL_SEC, audience=self.config.token_audience)
+            metadata = (("authorization", f"Bearer {token}"),)
         try:
-            stream = await connection.open_stream(CONNECT_PATH)
+            stream = await connection.open_stream(CONNECT_PATH, metadata)
         except StreamEnded:
             return False
         started = trio.current_time()
@@ -561,6 +577,14 @@ def _child_argv(config: SimConfig, peers: int, offset: int, width: int) -> list[
         argv += ["--duration", str(config.duration)]
     if not config.reconnect:
         argv.append("--no-reconnect")
+    if config.token_ed25519_path:
+        argv += ["--ed25519-key", config.token_ed25519_path]
+    elif config.token_secret_path:
+        argv += ["--token-secret", config.token_secret_path]
+    else:
+        argv.append("--no-token")
+    if config.token_audience:
+        argv += ["--audience", config.token_audience]
     return argv
 
 

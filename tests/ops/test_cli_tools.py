@@ -55,7 +55,17 @@ def test_peer_sim_with_nothing_listening_reports_and_exits_1():
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
         port = placeholder.getsockname()[1]
-    result = run_edge("peer-sim", "--no-tls", "--target", f"127.0.0.1:{port}", "--peers", "2", "--no-reconnect", "--progress-interval", "0")
+    result = run_edge(
+        "peer-sim", "--no-tls", "--no-token", "--target", f"127.0.0.1:{port}", "--peers", "2", "--no-reconnect", "--progress-interval", "0"
+    )
     assert result.returncode == 1
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["connect_failures"] == 2 and summary["peers_ever_registered"] == 0
+
+
+def test_peer_sim_refuses_an_unusable_token_secret(tmp_path):
+    short = tmp_path / "short.secret"
+    short.write_bytes(b"too short")
+    result = run_edge("peer-sim", "--token-secret", str(short), "--peers", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"peer-sim: signing key {short}: every secret must be at least 32 bytes"

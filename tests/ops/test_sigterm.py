@@ -35,6 +35,8 @@ def edge_env(edge_id, bootstrap, tls_files, idempotence, **extra):
         "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{edge_id}-lifecycle",
         "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{edge_id}-catalog",
         "KAFKA_GROUP_ID": f"{edge_id}-group",
+        "PEER_AUTH_MODE": "none",
+        "PEER_REGISTRATION_RATE_PER_ADDRESS": "0",  # every test peer comes from 127.0.0.1
         "SHUTDOWN_DEADLINE_SEC": str(DEADLINE_SEC),
         **extra,
     }

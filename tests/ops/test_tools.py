@@ -1,5 +1,5 @@
 """The operator tools against a running edge process and the real broker: `peer-sim` peers register
-(seen by `tail`), `send-command` puts a command on the edge's topic (seen by `tail`), the simulated
+with tokens signed by the edge's secret (seen by `tail`), `send-command` puts a command on the edge's topic (seen by `tail`), the simulated
 peer answers it (its response seen by `tail`), and peer-sim ends with its JSON summary."""
 
 from __future__ import annotations
@@ -60,8 +60,12 @@ async def test_peer_sim_answers_a_command_sent_with_send_command_as_seen_by_tail
     await create_topics(kafka_bootstrap, [*topics, f"edge-commands-{edge_id}", f"edge-commands-{edge_id}.deadletter"])
     ca_path = tmp_path / "ca.pem"
     ca_path.write_bytes(tls_files.ca_pem)
+    secret = tmp_path / "peer-token.secret"
+    secret.write_bytes(b"a-test-secret-of-at-least-32-bytes-0123456789\n")
     edge_env = {
         **env,
+        "PEER_AUTH_MODE": "token",
+        "PEER_TOKEN_HMAC_SECRET_PATH": str(secret),
         "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
         "GRPC_CERT_PATH": str(tls_files.cert_path),
         "GRPC_KEY_PATH": str(tls_files.key_path),
@@ -74,7 +78,7 @@ async def test_peer_sim_answers_a_command_sent_with_send_command_as_seen_by_tail
             sim = await trio.lowlevel.open_process(
                 [
                     sys.executable, "-m", "edge", "peer-sim", "--target", f"127.0.0.1:{port}", "--ca", str(ca_path),
-                    "--server-name", "localhost", "--peers", "3", "--id-prefix", f"{edge_id}-p", "--progress-interval", "0.5",
+                    "--server-name", "localhost", "--token-secret", str(secret), "--peers", "3", "--id-prefix", f"{edge_id}-p", "--progress-interval", "0.5",
                 ],
                 env={**BASE_ENV, "PYTHONPATH": str(REPO)},
                 stdout=subprocess.PIPE,
