@@ -37,6 +37,8 @@ SERVICE_UNKNOWN: Final = ops_pb.health.HealthCheckResponse.SERVICE_UNKNOWN
 
 #: Service names the health service answers for: "" is the whole server.
 KNOWN_SERVICES: Final = ("", SERVICE_NAME)
+#: Watch streams open at once, edge-wide (they are long-lived and not behind peer admission).
+MAX_WATCH_STREAMS: Final = 256
 
 
 @attrs.define(eq=False)
@@ -117,6 +119,7 @@ class HealthService:
     """`grpc.health.v1.Health` handlers for our transport (raw bytes in, raw bytes out)."""
 
     health: EdgeHealth
+    watchers: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(MAX_WATCH_STREAMS))
 
     async def check(self, stream: ServerStream) -> Status:
         request = await read_unary_request(stream, ops_pb.health.HealthCheckRequest)
@@ -140,6 +143,16 @@ class HealthService:
 
     async def watch(self, stream: ServerStream) -> Status | None:
         """Send the current status, then every change, until the client cancels or the edge stops."""
+        try:
+            self.watchers.acquire_nowait()
+        except trio.WouldBlock:
+            return Status(StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_WATCH_STREAMS} health watchers")
+        try:
+            return await self._watch(stream)
+        finally:
+            self.watchers.release()
+
+    async def _watch(self, stream: ServerStream) -> Status | None:
         request = await read_unary_request(stream, ops_pb.health.HealthCheckRequest)
         if isinstance(request, Status):
             return request

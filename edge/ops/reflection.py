@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import attrs
+import trio
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import DecodeError
 
@@ -26,6 +27,9 @@ from edge.proto import ops as ops_pb
 _NOT_FOUND = StatusCode.NOT_FOUND.value
 _UNIMPLEMENTED = StatusCode.UNIMPLEMENTED.value
 _INVALID_ARGUMENT = StatusCode.INVALID_ARGUMENT.value
+
+#: Reflection streams open at once, edge-wide (they are not behind peer admission).
+MAX_REFLECTION_STREAMS = 32
 
 SERVED_SERVICES = (
     SERVICE_NAME,
@@ -145,6 +149,7 @@ class ReflectionService:
     """The `ServerReflectionInfo` handlers (bidirectional: one response per request, in order)."""
 
     index: ReflectionIndex = attrs.field(factory=edge_reflection_index)
+    streams: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(MAX_REFLECTION_STREAMS))
 
     async def v1alpha(self, stream: ServerStream) -> Status:
         return await self._serve(stream, ops_pb.reflection_v1alpha)
@@ -153,6 +158,16 @@ class ReflectionService:
         return await self._serve(stream, ops_pb.reflection_v1)
 
     async def _serve(self, stream: ServerStream, messages: Any) -> Status:
+        try:
+            self.streams.acquire_nowait()
+        except trio.WouldBlock:
+            return Status(StatusCode.RESOURCE_EXHAUSTED, f"more than {MAX_REFLECTION_STREAMS} reflection streams")
+        try:
+            return await self._answer_all(stream, messages)
+        finally:
+            self.streams.release()
+
+    async def _answer_all(self, stream: ServerStream, messages: Any) -> Status:
         while (data := await stream.receive_message()) is not None:
             try:
                 request = messages.ServerReflectionRequest.FromString(data)
