@@ -143,6 +143,17 @@ class Settings:
     shutdown_timeout_sec: float = _setting(
         "SHUTDOWN_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
     )
+    shutdown_deadline_sec: float = _setting(
+        "SHUTDOWN_DEADLINE_SEC",
+        25.0,
+        "seconds above 0 (may be fractional): the whole drain, from the first signal to exit",
+        _positive,
+    )
+    health_http_address: Address | None = _setting(
+        "HEALTH_HTTP_ADDRESS",
+        Address("0.0.0.0", 8080),
+        "host:port for /healthz, /readyz and /metrics (port 0 picks a free one), or off",
+    )
     log_level: str = _setting("LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS), _one_of(*LOG_LEVELS))
     log_format: str = _setting(
         "LOG_FORMAT", "auto", "one of " + ", ".join(LOG_FORMATS), _one_of(*LOG_FORMATS)
@@ -325,10 +336,19 @@ def env_variables() -> dict[str, attrs.Attribute]:
     return {field.metadata["env"]: field for field in attrs.fields(Settings)}
 
 
+def _optional_address(value: Any, _type: type) -> Address | None:
+    if value is None or isinstance(value, Address):
+        return value
+    if str(value).strip().lower() in ("", "off", "none", "disabled"):
+        return None
+    return Address.parse(value)
+
+
 def _make_converter() -> cattrs.Converter:
     converter = make_env_converter()
     converter.register_structure_hook(Address, lambda value, _t: value if isinstance(value, Address) else Address.parse(value))
     converter.register_structure_hook(Path, lambda value, _t: Path(value))
+    converter.register_structure_hook_func(lambda t: t == (Address | None), _optional_address)
     converter.register_structure_hook(Path | None, _optional_path)
     converter.register_unstructure_hook(Address, str)
     converter.register_unstructure_hook(Path, str)
@@ -387,6 +407,7 @@ def settings_for_tests(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "grpc_server_address": Address("127.0.0.1", 0),
         "grpc_use_tls": False,
+        "health_http_address": Address("127.0.0.1", 0),
         "peer_auth_mode": "none",
     }
     base.update(overrides)

@@ -26,7 +26,7 @@ import datetime
 import os
 import signal
 from functools import partial
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -34,9 +34,11 @@ import structlog
 import trio
 import trio_asyncio
 
-from edge.config import Settings
+from edge.config import Address, Settings
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.kafka.state import KafkaState
+from edge.ops.http import serve_ops_http
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
@@ -57,60 +59,121 @@ def _log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, A
     log.error("asyncio_unhandled", message=context.get("message"), error=repr(error) if error else None)
 
 
+#: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
+#: tests under MockClock, RISKS 13): it receives the event channel's receive end and a clone of its
+#: send end (for dead letters; it must close it), the peer registry, the KafkaState to report its
+#: connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
+Bridge = Callable[..., Awaitable[None]]
+
+
 async def serve(
     settings: Settings,
     *,
     now: Callable[[], datetime.datetime] = utc_now,
+    runtime: EdgeRuntime | None = None,
     kafka_state: KafkaState | None = None,
+    bridge: Bridge = serve_kafka_bridge,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the edge until cancelled. Reports the bound gRPC port through `task_status`.
 
-    `kafka_state`, if given, is kept up to date with the Kafka bridge's connections (readiness).
+    `runtime` (made here if not given) holds the metrics, the readiness state and the bound ports; pass
+    one to read them from outside. `kafka_state`, if given, is the one the bridge keeps up to date
+    (the runtime's readiness reads it). The ops HTTP endpoint (HEALTH_HTTP_ADDRESS) starts first and
+    stops last: it keeps answering during the drain (`/readyz` 503, `/metrics` live) for at most
+    SHUTDOWN_DEADLINE_SEC after cancellation.
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
     admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
+    runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
+    runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
-    kafka = kafka_state if kafka_state is not None else KafkaState()
+    if kafka_state is not None:
+        runtime.health.kafka = kafka_state
+    kafka = runtime.health.kafka
     dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_exception)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(serve_kafka_bridge, now=now), settings, events_receive, dead_letters, registry, kafka
-            )
-            peers = partial(serve_peers, config=grpc, admission=admission)
-            port = await nursery.start(peers, settings, events_send, registry, now)
-            log.info("edge_started", edge_id=settings.edge_id, port=port)
-            task_status.started(port)
+        async with trio.open_nursery() as outer:
+            # Shielded so that cancelling `serve` does not close it at once; `_drain_started` gives
+            # the shield its deadline the moment the drain begins, and it is cancelled when the
+            # edge below has stopped.
+            ops_scope = trio.CancelScope(shield=True)
+            if settings.health_http_address is not None:
+                await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drain_started, ops_scope, settings)
+                    await nursery.start(
+                        partial(bridge, now=now, metrics=runtime.metrics),
+                        settings,
+                        events_receive,
+                        dead_letters,
+                        registry,
+                        kafka,
+                    )
+                    peers = partial(serve_peers, config=grpc, admission=admission, runtime=runtime)
+                    port = await nursery.start(peers, settings, events_send, registry, now)
+                    log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
+                    task_status.started(port)
+            finally:
+                ops_scope.cancel()
     log.info("edge_stopped", edge_id=settings.edge_id)
 
 
-async def run(settings: Settings, *, embedded_kafka: bool = False) -> None:
+async def _serve_ops_http_in(
+    scope: trio.CancelScope, address: Address, runtime: EdgeRuntime, *, task_status: trio.TaskStatus[int]
+) -> None:
+    with scope:
+        await serve_ops_http(address, runtime, task_status=task_status)
+
+
+async def _drain_started(ops_scope: trio.CancelScope, settings: Settings) -> None:
+    """Waits for the edge's cancellation; then bounds what must outlive it (the ops endpoint)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        ops_scope.deadline = trio.current_time() + settings.shutdown_deadline_sec
+        log.info("edge_draining", edge_id=settings.edge_id, deadline_sec=settings.shutdown_deadline_sec)
+
+
+async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafka_port: int = 0) -> None:
     """The `python -m edge run` process: the edge, signals, and optionally an embedded broker."""
     async with trio.open_nursery() as outer:
         if embedded_kafka:
             from edge.embedded_kafka import serve_embedded_kafka
 
-            bootstrap = await outer.start(serve_embedded_kafka)
+            bootstrap = await outer.start(partial(serve_embedded_kafka, port=embedded_kafka_port))
             # The embedded broker rejects idempotent producers.
             settings = attrs.evolve(settings, kafka_bootstrap_servers=bootstrap, kafka_enable_idempotence=False)
             log.info("embedded_kafka_started", bootstrap=bootstrap)
         with trio.CancelScope() as edge_scope:
             # The watcher lives outside the edge's scope so it still hears a second signal while the
             # edge drains.
-            outer.start_soon(_watch_signals, edge_scope)
+            outer.start_soon(_watch_signals, edge_scope, settings.shutdown_deadline_sec)
             async with trio.open_nursery() as inner:
                 await inner.start(serve, settings)
+        log.info("shutdown_complete", edge_id=settings.edge_id)
         outer.cancel_scope.cancel()
 
 
-async def _watch_signals(edge_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if edge_scope.cancel_called:
-                log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
-                os._exit(1)
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            edge_scope.cancel()
+async def _watch_signals(edge_scope: trio.CancelScope, deadline_sec: float) -> None:
+    """First SIGINT/SIGTERM: drain (cancel the edge) under SHUTDOWN_DEADLINE_SEC. Second: exit now."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if edge_scope.cancel_called:
+                    log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
+                    os._exit(1)
+                log.info("shutdown_requested", signal=signal.Signals(signum).name, deadline_sec=deadline_sec)
+                edge_scope.cancel()
+                nursery.start_soon(_exit_at_deadline, deadline_sec)
+
+
+async def _exit_at_deadline(deadline_sec: float) -> None:
+    """The whole drain is bounded: past SHUTDOWN_DEADLINE_SEC the process exits with code 1 (what was
+    still being flushed is lost, as with SIGKILL, but the operator is told)."""
+    await trio.sleep(deadline_sec)
+    log.error("shutdown_deadline_exceeded", deadline_sec=deadline_sec)
+    os._exit(1)

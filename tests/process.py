@@ -12,7 +12,11 @@ from typing import Any
 
 import trio
 
-BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "KAFKA_", "EDGE_", "PEER_"))}
+BASE_ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "KAFKA_", "EDGE_", "PEER_", "HEALTH_", "SHUTDOWN_"))},
+    # Never the default 0.0.0.0:8080: tests run side by side on one machine.
+    "HEALTH_HTTP_ADDRESS": "127.0.0.1:0",
+}
 
 
 class EdgeProcess:

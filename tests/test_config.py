@@ -48,6 +48,8 @@ PARSED = {
     "MAX_CATALOG_SIZE": ("10", 10),
     "PEER_OUTBOUND_QUEUE_SIZE": ("4", 4),
     "SHUTDOWN_TIMEOUT_SEC": ("3", 3.0),
+    "SHUTDOWN_DEADLINE_SEC": ("40", 40.0),
+    "HEALTH_HTTP_ADDRESS": ("127.0.0.1:9102", Address("127.0.0.1", 9102)),
     "LOG_LEVEL": ("debug", "debug"),
     "LOG_FORMAT": ("json", "json"),
     "GRPC_SERVER_ADDRESS": ("[::1]:0", Address("::1", 0)),
@@ -113,6 +115,8 @@ BAD = {
     "RETRY_MAX_RETRIES": "-2",
     "RETRY_JITTER_FACTOR": "1.5",
     "SCREENSHOT_MAX_BYTES": "lots",
+    "SHUTDOWN_DEADLINE_SEC": "0",
+    "HEALTH_HTTP_ADDRESS": "8080",
     "KAFKA_MAX_PENDING_COMMANDS": "0",
     "KAFKA_COMMIT_INTERVAL_MS": "-5",
     "KAFKA_SESSION_TIMEOUT_SEC": "0.5",
@@ -187,3 +191,8 @@ def test_derived_topic_names_use_the_edge_id():
     assert settings.commands_topic == "edge-commands-edge-9"
     assert settings.deadletter_topic == "edge-commands-edge-9.deadletter"
     assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize("text", ["off", "OFF", "", "none"])
+def test_health_http_can_be_turned_off(text):
+    assert load_settings({"HEALTH_HTTP_ADDRESS": text}).health_http_address is None

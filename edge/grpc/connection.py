@@ -221,8 +221,9 @@ class _LateFrameSplitter:
 
     __slots__ = ("_header", "_held", "_held_need", "_held_stream", "_passthrough", "_preface_left")
 
-    def __init__(self) -> None:
-        self._preface_left = _CLIENT_PREFACE_BYTES
+    def __init__(self, *, server_side: bool = True) -> None:
+        # A server's inbound bytes start with the client's connection preface; a client's do not.
+        self._preface_left = _CLIENT_PREFACE_BYTES if server_side else 0
         self._passthrough = 0  # payload bytes of the current ordinary frame still to pass on
         self._header = bytearray()  # a frame header split across reads
         self._held: bytearray | None = None  # a RST_STREAM/WINDOW_UPDATE frame being collected

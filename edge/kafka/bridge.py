@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import structlog
@@ -39,6 +40,7 @@ from edge.kafka.producer import serve_event_producer
 from edge.kafka.router import CommandRouter, PeerDirectory
 from edge.kafka.state import KafkaState
 from edge.kafka.topics import ensure_topics
+from edge.ops.metrics import EdgeMetrics
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,7 @@ async def serve_kafka_bridge(
     now: Callable[[], datetime.datetime],
     *,
     random: RandomSource | None = None,
+    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bridge until cancelled.
@@ -72,13 +75,13 @@ async def serve_kafka_bridge(
             topics_ready.set()
         tracker = OffsetTracker()
         router = CommandRouter(
-            settings, registry, dead_letters, lambda ticket: intake.settle(ticket), now, random=random
+            settings, registry, dead_letters, lambda ticket: intake.settle(ticket), now, random=random, metrics=metrics
         )
         intake = CommandIntake(tracker, router, settings.kafka_max_pending_commands)
         parser = CommandParser(max_message_bytes=settings.grpc_max_message_bytes)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_readiness, state)
-            await nursery.start(serve_event_producer, settings, events, state, topics_ready)
+            await nursery.start(partial(serve_event_producer, metrics=metrics), settings, events, state, topics_ready)
             await nursery.start(router.serve)
             if not topics_ready.is_set():
                 nursery.start_soon(_check_topics_until_done, settings, topics_ready)

@@ -268,6 +268,7 @@ class _Consumer:
                 if ticket is None:
                     skipped += 1
                     continue
+                intake.router.metrics.commands_received.inc()
                 source = Source(tp.topic, tp.partition, record.offset)
                 item = self.parser.parse(record.value, source, self.now())
                 if isinstance(item, Command):

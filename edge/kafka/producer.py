@@ -31,6 +31,7 @@ import trio_asyncio
 from edge.config import Settings
 from edge.kafka.aio import AioProducer, BatchResult
 from edge.kafka.state import KafkaState
+from edge.ops.metrics import EdgeMetrics
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -63,6 +64,7 @@ class EventProducer:
     #: Set once the topics are known to exist: no producer is started before (see edge.kafka.topics).
     gate: trio.Event | None = None
     stats: ProducerStats = attrs.field(factory=ProducerStats)
+    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create)
     _aio: AioProducer | None = attrs.field(default=None, init=False)
     _delay: float = attrs.field(default=RECONNECT_INITIAL_DELAY, init=False)
 
@@ -99,6 +101,7 @@ class EventProducer:
             await self.connect()
             assert self._aio is not None
             self.stats.crossings += 1
+            started = trio.current_time()
             try:
                 with trio.fail_after(self.settings.kafka_request_timeout_sec * 2):
                     result = await trio_asyncio.aio_as_trio(self._aio.send_batch)(pending)
@@ -112,9 +115,11 @@ class EventProducer:
             for index, record in enumerate(pending):
                 if index not in settled:
                     _acknowledge(record)
+            self.metrics.produced([r for i, r in enumerate(pending) if i not in settled], trio.current_time() - started)
             pending[:] = [pending[index] for index in result.failed]
             if pending:
                 self.stats.retried_records += len(pending)
+                self.metrics.events_produce_retried.inc(len(pending))
                 self.state.set_producer(False)
                 log.warning(
                     "kafka_events_waiting",
@@ -186,10 +191,15 @@ async def serve_event_producer(
     state: KafkaState,
     gate: trio.Event | None = None,
     *,
+    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[EventProducer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     producer = EventProducer(
-        settings, state, backlog=lambda: events.statistics().current_buffer_used, gate=gate
+        settings,
+        state,
+        backlog=lambda: events.statistics().current_buffer_used,
+        gate=gate,
+        metrics=metrics if metrics is not None else EdgeMetrics.create(),
     )
     in_flight: list[OutboundRecord] = []
     async with events:

@@ -52,6 +52,7 @@ from edge.convert import timestamp
 from edge.kafka.backoff import RandomSource, RetryPolicy
 from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
 from edge.kafka.offsets import Partition, Ticket
+from edge.ops.metrics import EdgeMetrics
 from edge.peers.session import Delivery, SessionGone
 from edge.records import OutboundRecord
 
@@ -80,6 +81,7 @@ class _Pending:
     ticket: Ticket
     next_due: float
     expires: float | None
+    arrived: float = 0.0  # Trio time of submit(), for the delivery latency metric
     attempts: int = 0
     held: bool = False
     abandoned: bool = False
@@ -116,6 +118,7 @@ class CommandRouter:
         *,
         random: RandomSource | None = None,
         write_timeout: float = WRITE_TIMEOUT_SEC,
+        metrics: EdgeMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -132,6 +135,7 @@ class CommandRouter:
         self._held = 0
         self._waiting = 0
         self.stats = RouterStats()
+        self.metrics = metrics if metrics is not None else EdgeMetrics.create()
 
     @property
     def held(self) -> int:
@@ -167,7 +171,7 @@ class CommandRouter:
         expires = None
         if command.expires_at is not None:
             expires = now + (command.expires_at - self._now()).total_seconds()
-        pending = _Pending(command, ticket, next_due=now, expires=expires)
+        pending = _Pending(command, ticket, next_due=now, expires=expires, arrived=now)
         line = self._lines.get(command.peer_id)
         if line is None:
             line = self._lines[command.peer_id] = _Line(command.peer_id)
@@ -190,6 +194,7 @@ class CommandRouter:
             offset=letter.source.offset,
         )
         self.stats.dead_lettered[letter.reason.value] = self.stats.dead_lettered.get(letter.reason.value, 0) + 1
+        self.metrics.commands_dead_lettered.labels(reason=letter.reason.value).inc()
         record = dead_letter_record(
             letter,
             edge_id=self._settings.edge_id,
@@ -247,6 +252,7 @@ class CommandRouter:
                     line.queue.popleft()
                     self._forget(head)
                     self.stats.delivered += 1
+                    self.metrics.command_delivered(head.command.command_type, trio.current_time() - head.arrived)
                     log.debug("command_delivered", request_id=head.command.request_id, attempts=head.attempts)
                     self._settle(head.ticket)
                     reachable = True
@@ -324,6 +330,7 @@ class CommandRouter:
                 letters.append((pending, reason, f"{detail} (after {pending.attempts} attempts)"))
                 continue
             self.stats.retries += 1
+            self.metrics.commands_retried.labels(cause=reason.value).inc()
             pending.next_due = now + self._policy.delay(pending.attempts - 1, self._random())
             log.debug(
                 "command_retry_scheduled",

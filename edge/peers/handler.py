@@ -25,6 +25,7 @@ import trio
 
 from edge.config import Settings
 from edge.grpc import ServerStream, Status, StatusCode, StreamError
+from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.admission import Admission
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
@@ -49,6 +50,7 @@ class PeerStreamHandler:
     now: Callable[[], datetime.datetime]
     #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
     admission: Admission | None = None
+    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
 
     async def __call__(self, stream: ServerStream) -> Status:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
@@ -63,22 +65,26 @@ class PeerStreamHandler:
             epoch=self.registry.next_epoch(),
         )
         structlog.contextvars.bind_contextvars(peer_id=info.peer_id, session_id=info.session_id)
-        session = Session(info=info, settings=self.settings, events=self.events, now=self.now)
+        session = Session(info=info, settings=self.settings, events=self.events, now=self.now, metrics=self.metrics)
         try:
             try:
                 await self.registry.register(session, lambda: self._announce(info))
             except PeerLimitReached:
+                self.metrics.registrations_refused.labels(cause="peer_limit").inc()
                 log.warning("peer_refused_limit", max_peers=self.settings.max_peers)
                 message = f"edge is at its peer limit ({self.settings.max_peers})"
                 await self._refuse(stream, first, message)
                 return Status(StatusCode.RESOURCE_EXHAUSTED, message)
             except TakeoverTimedOut:
+                self.metrics.registrations_refused.labels(cause="takeover_timeout").inc()
                 log.warning("peer_takeover_timed_out")
                 return Status(StatusCode.UNAVAILABLE, "previous session for this peer id is still closing")
             log.info("peer_connected", epoch=info.epoch, catalog_size=len(registration.catalog_uuids))
+            self.metrics.session_started()
             await stream.send_message(
                 protocol.registration_accepted(registration, info, self.settings).SerializeToString()
             )
+            self.metrics.message_sent("registration_response")
             await self.events.send(protocol.full_catalog_record(registration, info, self.settings, self.now()))
             return await session.serve(stream)
         except StreamError:  # the peer went away while we wrote the response
@@ -93,20 +99,24 @@ class PeerStreamHandler:
         with trio.move_on_after(timeout) as handshake:
             data = await stream.receive_message()
         if handshake.cancelled_caught:
+            self.metrics.registrations_refused.labels(cause="handshake_timeout").inc()
             log.info("peer_handshake_timeout", timeout_sec=timeout)
             message = f"no registration within {timeout:g} s"
             await self._refuse(stream, None, message)
             return None, Status(StatusCode.DEADLINE_EXCEEDED, message)
         if data is None:
+            self.metrics.registrations_refused.labels(cause="closed").inc()
             log.info("peer_closed_before_registration")
             return None, Status(StatusCode.INVALID_ARGUMENT, "stream ended before registration")
         try:
             first = protocol.decode_peer_message(data)
+            self.metrics.message_received(first.WhichOneof("payload"))
             registration = protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
             if self.admission is not None:
                 self.admission.authorize(stream, registration)  # UNAUTHENTICATED / PERMISSION_DENIED
             return first, registration
         except PeerProtocolError as error:
+            self.metrics.registration_refused(error.code)
             log.info("peer_registration_refused", detail=error.message)
             await self._refuse(stream, first, error.message)
             return first, Status(error.code, error.message)
@@ -141,6 +151,7 @@ class PeerStreamHandler:
             if lost or publish.cancelled_caught:
                 log.error("peer_disconnect_event_lost", reason=reason.value, value=record.value)
             log.info("peer_disconnected", reason=reason.value, undelivered=dropped)
+            self.metrics.session_ended(reason.value)
         finally:
             session.ended.set()
 

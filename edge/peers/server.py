@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
@@ -24,6 +25,7 @@ import trio
 from edge.config import ConfigError, Settings
 from edge.grpc import GrpcServerConfig, serve_grpc
 from edge.grpc.tls import server_ssl_context
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.limits import message_meter_factory
@@ -71,6 +73,7 @@ async def serve_peers(
     *,
     config: GrpcServerConfig | None = None,
     admission: Admission | None = None,
+    runtime: EdgeRuntime | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
@@ -79,9 +82,21 @@ async def serve_peers(
     """
     config = config if config is not None else grpc_config(settings)
     admission = admission if admission is not None else load_admission(settings, now)
-    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now, admission=admission)
+    runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
+    handler = PeerStreamHandler(
+        settings=settings, registry=registry, events=events, now=now, admission=admission, metrics=runtime.metrics
+    )
+    # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
+    # do not (load balancers probe them), and bound their own streams.
+    routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
     async with events:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_grpc, config, {CONNECT_PATH: admission.guard(handler)})
+            port = await nursery.start(partial(serve_grpc, stats=runtime.grpc_stats), config, routes)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
+            runtime.grpc_port = port
+            runtime.health.set_accepting(True)
             task_status.started(port)
+            try:
+                await trio.sleep_forever()
+            finally:
+                runtime.health.set_accepting(False)  # first step of a drain: health says NOT_SERVING

@@ -31,6 +31,7 @@ from edge.grpc import (
     StatusCode,
     StreamError,
 )
+from edge.ops.metrics import EdgeMetrics, send_event
 from edge.peers import protocol
 from edge.peers.protocol import PeerProtocolError, SessionInfo
 from edge.proto import pb
@@ -72,6 +73,7 @@ class Session:
     settings: Settings
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     ended: trio.Event = attrs.field(factory=trio.Event, init=False)
     announced: bool = attrs.field(default=False, init=False)
@@ -165,13 +167,14 @@ class Session:
                 return
             try:
                 message = protocol.decode_peer_message(data)
+                self.metrics.message_received(message.WhichOneof("payload"))
                 record = protocol.record_for_message(message, self.info, self.settings, self.now())
             except PeerProtocolError as error:
                 log.info("peer_protocol_error", detail=error.message)
                 self.end(DisconnectReason.PROTOCOL_ERROR, error.code, error.message)
                 return
             if record is not None:
-                await self.events.send(record)  # waits while the bridge is full: backpressure
+                await send_event(self.events, record, self.metrics)  # waits while the bridge is full: backpressure
             elif message.WhichOneof("payload") is None:
                 log.info("peer_message_kind_unknown", request_id=message.request_id)
 
@@ -190,6 +193,7 @@ class Session:
                 return
             delivery.settle(True)
             self._in_flight = None
+            self.metrics.message_sent(delivery.message.WhichOneof("payload"))
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_sec

@@ -1,0 +1,93 @@
+"""Drain timing of the in-process `serve`, under MockClock (no wall-clock time): the edge's own
+simulated peers (edge.tools.peer_sim, in the same Trio loop, over loopback TCP) and an in-memory
+Kafka bridge (RISKS 13 keeps Kafka out of MockClock tests)."""
+
+from __future__ import annotations
+
+import collections
+
+import trio
+from structlog.testing import capture_logs
+
+import edge
+from edge.config import settings_for_tests
+from edge.ops.runtime import EdgeRuntime
+from edge.tools.peer_sim import PeerSimulation, SimConfig
+from tests.ops.support import MemoryBridge
+
+PEERS = 12
+
+
+async def start_edge(nursery, settings, bridge):
+    runtime = EdgeRuntime.create(settings.edge_id)
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run(task_status):
+        try:
+            with scope:
+                await edge.serve(settings, runtime=runtime, bridge=bridge, task_status=task_status)
+        finally:
+            stopped.set()
+
+    port = await nursery.start(run)
+    return port, runtime, scope, stopped
+
+
+async def start_peers(nursery, port):
+    simulation = PeerSimulation(
+        SimConfig(host="127.0.0.1", port=port, tls=False, peers=PEERS, reconnect=False, connect_rate=0, catalog_size=2)
+    )
+    nursery.start_soon(simulation.run)
+    return simulation
+
+
+async def test_drain_ends_every_session_with_shutdown_at_once(autojump_clock):
+    """Cancel with a healthy bridge: every session ends `shutdown`, each `disconnected` reaches the
+    bridge, every peer sees UNAVAILABLE, health stops accepting, and it all takes no time at all."""
+    settings = settings_for_tests(shutdown_timeout_sec=10.0)
+    bridge = MemoryBridge()
+    async with trio.open_nursery() as nursery:
+        port, runtime, scope, stopped = await start_edge(nursery, settings, bridge)
+        simulation = await start_peers(nursery, port)
+        with trio.fail_after(60):
+            await bridge.wait_for(lambda records: sum(1 for r in records if r.value.get("event_type") == "connected") == PEERS)
+        assert runtime.health.ready
+        began = trio.current_time()
+        scope.cancel()
+        await stopped.wait()
+        took = trio.current_time() - began
+        assert not runtime.health.accepting
+        with trio.fail_after(5):
+            while sum(simulation.stats.stream_endings.values()) < PEERS:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert took < 0.5
+    lifecycle = collections.Counter((event, reason) for _peer, event, reason in bridge.lifecycle())
+    assert lifecycle == {("connected", None): PEERS, ("disconnected", "shutdown"): PEERS}
+    assert bridge.closed_at is not None  # the bridge drained until the peer side closed the channel
+    assert simulation.stats.stream_endings == {"UNAVAILABLE": PEERS}
+
+
+async def test_stalled_kafka_bounds_the_drain_by_one_phase_deadline(autojump_clock):
+    """Kafka takes nothing and the event buffer is full: every session's `disconnected` waits, each
+    under its own SHUTDOWN_TIMEOUT_SEC, concurrently; the drain ends after one deadline, not one per
+    peer, and every lost event is logged with its peer."""
+    settings = settings_for_tests(shutdown_timeout_sec=10.0, kafka_event_buffer_size=2 * PEERS)
+    bridge = MemoryBridge(stalled=True)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            port, runtime, scope, stopped = await start_edge(nursery, settings, bridge)
+            simulation = await start_peers(nursery, port)
+            with trio.fail_after(60):
+                while simulation.stats.registered_now < PEERS:
+                    await trio.sleep(0.01)
+            began = trio.current_time()
+            scope.cancel()
+            await stopped.wait()
+            took = trio.current_time() - began
+            nursery.cancel_scope.cancel()
+    assert settings.shutdown_timeout_sec <= took < settings.shutdown_timeout_sec + 1
+    lost = [entry for entry in logs if entry["event"] == "peer_disconnect_event_lost"]
+    assert len(lost) == PEERS and {entry["value"]["peer_id"] for entry in lost} == set(simulation.config.peer_ids())
+    assert all(entry["reason"] == "shutdown" for entry in lost)
