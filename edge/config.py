@@ -20,6 +20,11 @@ from edge.convert import make_env_converter
 PEER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+#: Bounds of KAFKA_MAX_RECORD_BYTES. The upper one leaves room for the key and the record overhead
+#: under the producer's request limit (aiokafka's max_request_size, 1 MiB, as Kafka's default
+#: max.message.bytes); the lower one keeps every error record the edge builds within the bound.
+MIN_RECORD_BYTES: Final = 4096
+MAX_RECORD_BYTES: Final = 1_000_000
 
 
 class ConfigError(Exception):
@@ -81,6 +86,11 @@ def _one_of(*choices: str) -> Any:
 
 def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
+        raise _invalid(attribute, value)
+
+
+def _record_bytes(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+    if not MIN_RECORD_BYTES <= value <= MAX_RECORD_BYTES:
         raise _invalid(attribute, value)
 
 
@@ -209,6 +219,12 @@ class Settings:
     )
     screenshot_max_bytes: int = _setting(
         "SCREENSHOT_MAX_BYTES", 512 * 1024, "a whole number of bytes above 0", _positive
+    )
+    kafka_max_record_bytes: int = _setting(
+        "KAFKA_MAX_RECORD_BYTES",
+        MAX_RECORD_BYTES,
+        f"a whole number of bytes from {MIN_RECORD_BYTES} to {MAX_RECORD_BYTES}",
+        _record_bytes,
     )
 
     # Command delivery
