@@ -536,8 +536,8 @@ class KafkaBroker(_ProcessBroker):
         command = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _cluster_id(),
+            # One argument: an id may start with "-", which would otherwise read as an option.
+            f"--cluster-id={_cluster_id()}",
             "-c",
             str(properties),
             "--ignore-formatted",
