@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, serve_grpc
+from edge.grpc import GrpcServerConfig, GrpcServerStats, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
@@ -66,13 +67,17 @@ async def serve_peers(
     now: Callable[[], datetime.datetime],
     *,
     config: GrpcServerConfig | None = None,
+    stats: GrpcServerStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`."""
+    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
+
+    `stats` (optional) receives the transport's live counters: connections, streams, statuses.
+    """
     config = config if config is not None else grpc_config(settings)
     handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now)
     async with events:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_grpc, config, {CONNECT_PATH: handler})
+            port = await nursery.start(partial(serve_grpc, stats=stats), config, {CONNECT_PATH: handler})
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             task_status.started(port)
