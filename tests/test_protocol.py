@@ -251,9 +251,21 @@ def test_registration_responses():
     assert accepted.success and accepted.peer_name == "peer-1" and accepted.edge_name == "edge-7"
     assert accepted.heartbeat_interval_sec == 30 and accepted.peer_timeout_sec == 120
     assert accepted.session_id == "s-1"
-    refused = protocol.registration_refused(None, "nope", "edge-7")
+    refused = protocol.registration_refused("nope", "edge-7")
     assert not refused.registration_response.success
     assert refused.registration_response.error_message == "nope"
+    assert refused.registration_response.edge_name == "edge-7"
+
+
+def test_a_refusal_echoes_only_bounded_parts_of_the_first_message():
+    first = pb.PeerMessage(
+        request_id="r" * 5000, registration_request=pb.PeerRegistrationRequest(peer_name="p" * 5000)
+    )
+    refused = protocol.registration_refused("bad id", "edge-7", **protocol.echo_of(first))
+    assert refused.request_id == "r" * protocol.ERROR_TEXT_CHARS
+    assert refused.registration_response.peer_name == "p" * 128
+    assert protocol.echo_of(pb.PeerMessage(request_id="x", heartbeat=pb.Heartbeat())) == {"request_id": "x"}
+    assert protocol.echo_of(None) == {}
 
 
 # Record size (KAFKA_MAX_RECORD_BYTES) ----------------------------------------------------------------

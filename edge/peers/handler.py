@@ -75,7 +75,7 @@ class PeerStreamHandler:
         except PeerLimitReached:
             message = f"edge is at its peer limit ({self.settings.max_peers})"
             log.warning("peer_refused_limit", peer_id=registration.peer_id, max_peers=self.settings.max_peers)
-            await self._refuse(stream, registration, message)
+            await self._refuse(stream, message, request_id=registration.request_id, peer_name=registration.peer_id)
             return Status(StatusCode.RESOURCE_EXHAUSTED, message)
         except TakeoverTimedOut:
             log.warning("peer_takeover_timed_out", peer_id=registration.peer_id)
@@ -104,24 +104,26 @@ class PeerStreamHandler:
         if handshake.cancelled_caught:
             message = f"no registration within {timeout:g} s"
             log.info("peer_registration_refused", detail=message)
-            await self._refuse(stream, None, message)
+            await self._refuse(stream, message)
             return Status(StatusCode.DEADLINE_EXCEEDED, message)
         if unreadable is not None:
             status = unreadable.status()
             assert status is not None  # only StreamReset has none, and it is handled above
             log.info("peer_registration_refused", detail=status.status_message)
-            await self._refuse(stream, None, status.status_message)
+            await self._refuse(stream, status.status_message)
             return status
         if data is None:
-            log.info("peer_registration_refused", detail="stream ended before registration")
-            return Status(StatusCode.INVALID_ARGUMENT, "stream ended before registration")
+            message = "stream ended before registration"
+            log.info("peer_registration_refused", detail=message)
+            await self._refuse(stream, message)
+            return Status(StatusCode.INVALID_ARGUMENT, message)
         first: pb.PeerMessage | None = None
         try:
             first = protocol.decode_peer_message(data)
             return protocol.parse_registration(first, self.settings)
         except PeerProtocolError as error:
             log.info("peer_registration_refused", detail=error.message)
-            await self._refuse(stream, first, error.message)
+            await self._refuse(stream, error.message, **protocol.echo_of(first))
             return Status(error.code, error.message)
 
     def _new_session(self, registration: Registration, epoch: int) -> Session:
@@ -142,15 +144,10 @@ class PeerStreamHandler:
     async def _announce(self, session: Session) -> None:
         await self.events.send(protocol.connected_record(session.info, self.settings, self.now()))
 
-    async def _refuse(
-        self, stream: ServerStream, first: pb.PeerMessage | Registration | None, message: str
-    ) -> None:
-        if isinstance(first, Registration):
-            first = pb.PeerMessage(
-                request_id=first.request_id,
-                registration_request=pb.PeerRegistrationRequest(peer_name=first.peer_id),
-            )
-        refusal = protocol.registration_refused(first, message, self.settings.edge_id)
+    async def _refuse(self, stream: ServerStream, message: str, *, request_id: str = "", peer_name: str = "") -> None:
+        refusal = protocol.registration_refused(
+            message, self.settings.edge_id, request_id=request_id, peer_name=peer_name
+        )
         with trio.move_on_after(REFUSAL_WRITE_TIMEOUT):
             try:
                 await stream.send_message(refusal.SerializeToString())

@@ -154,21 +154,25 @@ def registration_accepted(
     )
 
 
-def registration_refused(message: pb.PeerMessage | None, error: str, edge_id: str) -> pb.EdgeMessage:
+def registration_refused(error: str, edge_id: str, *, request_id: str = "", peer_name: str = "") -> pb.EdgeMessage:
     """The refusal sent before the status when registration fails. Echoes only bounded parts of what
     the peer sent (a refused message is untrusted: it may be huge)."""
-    peer_name = ""
-    request_id = ""
-    if message is not None:
-        request_id = message.request_id[:ERROR_TEXT_CHARS]
-        if message.WhichOneof("payload") == "registration_request":
-            peer_name = message.registration_request.peer_name[:128]
     return pb.EdgeMessage(
-        request_id=request_id,
+        request_id=request_id[:ERROR_TEXT_CHARS],
         registration_response=pb.PeerRegistrationResponse(
-            peer_name=peer_name, edge_name=edge_id, success=False, error_message=error
+            peer_name=peer_name[:128], edge_name=edge_id, success=False, error_message=error
         ),
     )
+
+
+def echo_of(message: pb.PeerMessage | None) -> dict[str, str]:
+    """What a refusal echoes of a (possibly bad) first message: its request_id and claimed peer name."""
+    if message is None:
+        return {}
+    echo = {"request_id": message.request_id}
+    if message.WhichOneof("payload") == "registration_request":
+        echo["peer_name"] = message.registration_request.peer_name
+    return echo
 
 
 def heartbeat(now: datetime.datetime) -> pb.EdgeMessage:
