@@ -297,11 +297,12 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
 ) -> None:
     """20 well-behaved peers stream 50 responses each while, on the same edge, streams send random
     bytes, an oversized message, nothing at all, an empty or over-long peer id, a wrong first message,
-    or register past MAX_PEERS. Each bad stream gets its status (and a refusal where one can be
-    sent); the 20 see no error, and all 1,000 of their records are in Kafka, in order per peer."""
+    a second registration on a registered stream, or register past MAX_PEERS. Each bad stream gets
+    its status (and a refusal where one can be sent); the 20 see no error, and all 1,000 of their
+    records are in Kafka, in order per peer."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence,
-        peer_handshake_timeout_sec=1.0, grpc_max_message_bytes=64 * 1024, max_peers=20,
+        peer_handshake_timeout_sec=1.0, grpc_max_message_bytes=64 * 1024, max_peers=21,
     )
     bad_first = {
         "random_bytes": b"\x00\xff\xfe\xfd not a protobuf",
@@ -335,14 +336,27 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
                 status = await peer.status()
                 return status, [(m.registration_response.success, m.registration_response.error_message) for m in peer.received]
 
-            # Past MAX_PEERS while all 20 are connected; then everything else at once.
+            async def register_twice() -> Any:
+                peer = AioPeer(channel(edge.port, tls_files.ca_pem))
+                await peer.register("twice")
+                await peer.send(pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="twice")))
+                return await peer.status(), []
+
+            # Past MAX_PEERS (21) while the 20 and one more are connected ...
+            filler = AioPeer(channel(edge.port, tls_files.ca_pem))
+            await filler.register("filler")
             over_limit = await misbehave("over_limit")
+            await filler.call.done_writing()
+            await filler.status()
+            # ... then everything else at once.
             go.set()
             names = [name for name in bad_first if name != "over_limit"] + ["never_registers"]
             results = await asyncio.gather(
-                *(behave(n, peer) for n, peer in enumerate(good)), *(misbehave(name) for name in names)
+                *(behave(n, peer) for n, peer in enumerate(good)),
+                *(misbehave(name) for name in names),
+                register_twice(),
             )
-            bad = dict(zip(names, results[20:]), over_limit=over_limit)
+            bad = dict(zip([*names, "second_registration"], results[20:]), over_limit=over_limit)
             return dict(zip([f"good-{n:02d}" for n in range(20)], results[:20])), bad
 
         good, bad = await aio.run(scenario())
@@ -357,13 +371,17 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
         "empty_id": (grpc.StatusCode.INVALID_ARGUMENT, id_message),
         "long_id": (grpc.StatusCode.INVALID_ARGUMENT, id_message),
         "not_registration": (grpc.StatusCode.INVALID_ARGUMENT, "first message must be a registration_request, got heartbeat"),
-        "over_limit": (grpc.StatusCode.RESOURCE_EXHAUSTED, "edge is at its peer limit (20)"),
+        "over_limit": (grpc.StatusCode.RESOURCE_EXHAUSTED, "edge is at its peer limit (21)"),
         "never_registers": (grpc.StatusCode.DEADLINE_EXCEEDED, "no registration within 1 s"),
     }
+    assert set(bad) == {*expected, "second_registration"}
     for name, (code, details) in expected.items():
         status, refusals = bad[name]
         assert status == (code, details), name
         assert refusals == [(False, details)], name  # a refusal response, then the status
+    assert bad["second_registration"][0] == (
+        grpc.StatusCode.INVALID_ARGUMENT, "registration_request on an already registered stream"
+    )
 
     records = await consume_unique(kafka_bootstrap, settings.kafka_file_delete_responses_topic, 1000, timeout=60)
     assert len(records) == 1000
@@ -371,9 +389,11 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
     for record in records:
         per_peer[record.key].append(record.value["request_id"])
     assert per_peer == {f"good-{n:02d}": [f"good-{n:02d}-{i:03d}" for i in range(50)] for n in range(20)}
-    lifecycle = await consume_unique(kafka_bootstrap, settings.kafka_peer_lifecycle_events_topic, 40)
+    lifecycle = await consume_unique(kafka_bootstrap, settings.kafka_peer_lifecycle_events_topic, 44)
     assert lifecycle_by_peer(lifecycle) == {
-        f"good-{n:02d}": [("connected", None), ("disconnected", "stream_closed")] for n in range(20)
+        **{f"good-{n:02d}": [("connected", None), ("disconnected", "stream_closed")] for n in range(20)},
+        "filler": [("connected", None), ("disconnected", "stream_closed")],
+        "twice": [("connected", None), ("disconnected", "protocol_error")],
     }
 
 
