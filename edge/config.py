@@ -22,6 +22,11 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
 #: PEER_AUTH_MODE values (edge.peers.auth.AuthMode); see docs/security.md.
 PEER_AUTH_MODES: Final = ("none", "mtls", "token", "mtls_or_token")
+#: Bounds of KAFKA_MAX_RECORD_BYTES. The upper one leaves room for the key and the record overhead
+#: under the producer's request limit (aiokafka's max_request_size, 1 MiB, as Kafka's default
+#: max.message.bytes); the lower one keeps every error record the edge builds within the bound.
+MIN_RECORD_BYTES: Final = 4096
+MAX_RECORD_BYTES: Final = 1_000_000
 
 
 class ConfigError(Exception):
@@ -91,6 +96,11 @@ def _session_timeout(_inst: object, attribute: attrs.Attribute, value: float) ->
         raise _invalid(attribute, value)
 
 
+def _record_bytes(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+    if not MIN_RECORD_BYTES <= value <= MAX_RECORD_BYTES:
+        raise _invalid(attribute, value)
+
+
 def _fraction(_inst: object, attribute: attrs.Attribute, value: float) -> None:
     if not 0 <= value <= 1:
         raise _invalid(attribute, value)
@@ -124,22 +134,36 @@ class Settings:
 
     # Server
     edge_id: str = _setting("EDGE_ID", "edge-1", "1 to 64 of letters, digits and . _ -", _edge_id)
+    #: The edge sends each peer a heartbeat this often (from its registration), and tells the peer to do
+    #: the same (registration response). The transport sends no HTTP/2 pings: this is the liveness signal.
     heartbeat_interval_sec: int = _setting(
         "HEARTBEAT_INTERVAL_SEC", 30, "a whole number of seconds above 0", _positive
     )
+    #: A registered peer that sends nothing for this long is cut off: reason `timeout`, DEADLINE_EXCEEDED.
+    #: Any message counts. Time spent waiting on a full event channel (Kafka slow) does not count.
     peer_timeout_sec: int = _setting(
         "PEER_TIMEOUT_SEC", 120, "a whole number of seconds above HEARTBEAT_INTERVAL_SEC", _positive
     )
+    #: A stream whose first message (its registration) has not arrived by then gets a refusal and
+    #: DEADLINE_EXCEEDED; nothing is published for it.
     peer_handshake_timeout_sec: float = _setting(
         "PEER_HANDSHAKE_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
     )
+    #: Registered sessions at once; one more registration gets a refusal and RESOURCE_EXHAUSTED (a
+    #: takeover of a connected id is not one more). Streams still in their handshake are not counted.
     max_peers: int = _setting("MAX_PEERS", 10000, "a whole number above 0", _positive)
+    #: EdgeMessages (commands, heartbeats) queued for one peer beyond the one being written. When full,
+    #: `Session.offer` raises trio.WouldBlock at once and the router retries by its backoff rules: a peer
+    #: that stops reading holds this many messages at most.
     peer_outbound_queue_size: int = _setting(
         "PEER_OUTBOUND_QUEUE_SIZE", 32, "a whole number above 0", _positive
     )
+    #: Catalog ids in one registration; more: a refusal and RESOURCE_EXHAUSTED.
     max_catalog_size: int = _setting(
         "MAX_CATALOG_SIZE", 100000, "a whole number of catalog ids above 0", _positive
     )
+    #: Deadline of each shutdown phase (sessions' cleanup, the final flush to Kafka), of one session's
+    #: cleanup, and of a registration's wait for the session it replaces to finish (then UNAVAILABLE).
     shutdown_timeout_sec: float = _setting(
         "SHUTDOWN_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
     )
@@ -166,9 +190,13 @@ class Settings:
     grpc_use_tls: bool = _setting("GRPC_USE_TLS", True, "true or false")
     grpc_cert_path: Path = _setting("GRPC_CERT_PATH", Path("certs/server.crt"), "a path to a PEM certificate")
     grpc_key_path: Path = _setting("GRPC_KEY_PATH", Path("certs/server.key"), "a path to a PEM private key")
+    #: Trio has no worker pool: the command router's bound on command deliveries in progress at once.
+    #: It never limits peers (each peer is a few Trio tasks; MAX_PEERS is the peer limit).
     grpc_max_workers: int = _setting(
         "GRPC_MAX_WORKERS", 10, "a whole number above 0 (concurrent command deliveries)", _positive
     )
+    #: Largest gRPC message either way, after decompression. A peer's larger message ends its session
+    #: (`protocol_error`, RESOURCE_EXHAUSTED); a larger command is not written (the delivery fails).
     grpc_max_message_bytes: int = _setting(
         "GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, "a whole number of bytes above 0", _positive
     )
@@ -278,8 +306,17 @@ class Settings:
     kafka_topic_replication_factor: int = _setting(
         "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "a whole number above 0", _positive
     )
+    #: Raw screenshot bytes forwarded (base64) in a screenshot response record; larger: an error record.
     screenshot_max_bytes: int = _setting(
         "SCREENSHOT_MAX_BYTES", 512 * 1024, "a whole number of bytes above 0", _positive
+    )
+    #: Largest JSON value of a record the edge produces from a peer message. Larger full catalogs and
+    #: file offers are split into numbered parts; larger responses become error records.
+    kafka_max_record_bytes: int = _setting(
+        "KAFKA_MAX_RECORD_BYTES",
+        MAX_RECORD_BYTES,
+        f"a whole number of bytes from {MIN_RECORD_BYTES} to {MAX_RECORD_BYTES}",
+        _record_bytes,
     )
 
     # Command delivery

@@ -26,6 +26,11 @@ class DisconnectReason(str, enum.Enum):
     ERROR = "error"
 
 
+def encode_json(value: Any) -> bytes:
+    """The one JSON encoding of record values: compact, UTF-8, non-ASCII kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 @attrs.frozen
 class OutboundRecord:
     """One record to produce. `key` is the peer id (None only for dead letters of unknown peers).
@@ -45,4 +50,4 @@ class OutboundRecord:
         return None if self.key is None else self.key.encode("utf-8")
 
     def encode_value(self) -> bytes:
-        return json.dumps(self.value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return encode_json(self.value)

@@ -315,7 +315,7 @@ async def test_streams_waiting_to_register_are_capped(tls_files):
 
 
 async def test_catalog_over_max_catalog_size_is_refused_and_publishes_nothing(tls_files):
-    """MAX_CATALOG_SIZE=3: a registration with 4 catalog ids is refused (INVALID_ARGUMENT, a registration
+    """MAX_CATALOG_SIZE=3: a registration with 4 catalog ids is refused (RESOURCE_EXHAUSTED, a registration
     response saying so) before anything is published; exactly 3 is accepted."""
     settings = tls_settings(tls_files, max_catalog_size=3)
     root = tls_files.ca_pem
@@ -325,8 +325,10 @@ async def test_catalog_over_max_catalog_size_is_refused_and_publishes_nothing(tl
         try:
             big.register("peer-big", catalog=["a", "b", "c", "d"])
             reply = await big.receive_kind("registration_response")
-            assert reply.registration_response.error_message == "registration carries 4 catalog ids, more than 3"
-            assert (await big.wait_status())[0] == grpc.StatusCode.INVALID_ARGUMENT
+            assert reply.registration_response.error_message == (
+                "registration carries 4 catalog ids, more than 3 (MAX_CATALOG_SIZE)"
+            )
+            assert (await big.wait_status())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
             fits.register("peer-fits", catalog=["a", "b", "c"])
             assert (await fits.receive_kind("registration_response")).registration_response.success
             await edge.wait_for(lambda: len(edge.records()) >= 2)

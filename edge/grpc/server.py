@@ -290,11 +290,15 @@ class _Connection:
                 # The one boundary per connection: a bug here ends this connection, no other.
                 self._log.error("grpc_connection_failed", exc_info=group)
         finally:
-            await self._close()
-            self._report_buffered(final=True)
-            stats.connections_open -= 1
-            stats.notify()
-            self._log.debug("grpc_connection_closed")
+            try:
+                # When we are being cancelled, its last step (aclose_forcefully, not shielded) raises
+                # Cancelled; the socket is closed by then, and the bookkeeping below must still run.
+                await self._close()
+            finally:
+                self._report_buffered(final=True)
+                stats.connections_open -= 1
+                stats.notify()
+                self._log.debug("grpc_connection_closed")
 
     async def _handshake(self) -> bool:
         transport = self._transport

@@ -125,7 +125,7 @@ class Admission:
             self._leave_unregistered(stream)
 
     async def _refuse(self, stream: ServerStream, code: StatusCode, message: str) -> Status:
-        refusal = protocol.registration_refused(None, message, self.edge_id)
+        refusal = protocol.registration_refused(message, self.edge_id)
         with trio.move_on_after(GUARD_REFUSAL_WRITE_TIMEOUT):
             try:
                 await stream.send_message(refusal.SerializeToString())

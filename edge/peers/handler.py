@@ -1,16 +1,29 @@
 """The life of one `Connect` stream: handshake, registration, session, cleanup.
 
 Phases, each under its own deadline:
+
 1. handshake: the first message must arrive within PEER_HANDSHAKE_TIMEOUT_SEC and be a valid
-   registration; otherwise the peer gets a refusal (where one can be sent) and a status, and nothing is
-   published (an unregistered stream never was a session).
+   registration; otherwise the peer gets a refusal (a registration response with `success: false`,
+   where one can be sent) and a status, the refusal is logged, and nothing is published: an
+   unregistered stream never was a session.
 2. registration: the registry makes this the peer's live session (ending an older one with reason
-   `replaced`) and the `connected` event is queued; then the registration response goes to the peer and
-   the full catalog is queued.
-3. the session serves until something ends it.
-4. cleanup, always, once the session was announced: leave the registry, queue `disconnected` with the
-   reason, mark undelivered commands dropped. It runs shielded under a deadline, so cancellation (a
-   replaced session, shutdown, the embedding program cancelling us) cannot skip it.
+   `replaced` and waiting, up to SHUTDOWN_TIMEOUT_SEC, for its `disconnected` to be queued), refuses it
+   over MAX_PEERS (RESOURCE_EXHAUSTED), numbers it (epoch) and queues `connected`. The session's
+   writer sends the registration response before anything else.
+3. the session publishes the full catalog and serves until something ends it (`session.py`).
+4. cleanup, always, once the session was announced: leave the registry, settle undelivered commands as
+   not written, queue what the reader had read but not yet queued, then `disconnected` with the reason.
+   It runs shielded under SHUTDOWN_TIMEOUT_SEC, so cancellation (a replaced session, shutdown, the
+   embedding program cancelling us) cannot skip it.
+
+Status of each ending (the stream's final gRPC status; a reset stream gets none):
+
+    handshake timeout                 DEADLINE_EXCEEDED
+    bad first message / peer id       INVALID_ARGUMENT (after a refusal response)
+    oversized first message, catalog  RESOURCE_EXHAUSTED (after a refusal response)
+    over MAX_PEERS                    RESOURCE_EXHAUSTED (after a refusal response)
+    takeover timed out                UNAVAILABLE
+    session ended                     see `protocol.END_STATUS`
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ import structlog
 import trio
 
 from edge.config import Settings
-from edge.grpc import ServerStream, Status, StatusCode, StreamError
+from edge.grpc import MessageTooLarge, ProtocolViolation, ServerStream, Status, StatusCode, StreamError
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.admission import Admission
@@ -52,106 +65,144 @@ class PeerStreamHandler:
     admission: Admission | None = None
     metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
 
-    async def __call__(self, stream: ServerStream) -> Status:
+    async def __call__(self, stream: ServerStream) -> Status | None:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
-        first, registration_or_status = await self._handshake(stream)
-        if isinstance(registration_or_status, Status):
-            return registration_or_status
-        registration = registration_or_status
+        outcome = await self._handshake(stream)
+        if not isinstance(outcome, Registration):
+            return outcome
+        registration = outcome
+        try:
+            session = await self.registry.register(
+                registration.peer_id,
+                lambda epoch: self._new_session(registration, epoch),
+                self._announce,
+            )
+        except PeerLimitReached:
+            self.metrics.registrations_refused.labels(cause="peer_limit").inc()
+            message = f"edge is at its peer limit ({self.settings.max_peers})"
+            log.warning("peer_refused_limit", peer_id=registration.peer_id, max_peers=self.settings.max_peers)
+            await self._refuse(stream, message, request_id=registration.request_id, peer_name=registration.peer_id)
+            return Status(StatusCode.RESOURCE_EXHAUSTED, message)
+        except TakeoverTimedOut:
+            self.metrics.registrations_refused.labels(cause="takeover_timeout").inc()
+            log.warning("peer_takeover_timed_out", peer_id=registration.peer_id)
+            return Status(StatusCode.UNAVAILABLE, "previous session for this peer id is still closing")
+        info = session.info
+        structlog.contextvars.bind_contextvars(peer_id=info.peer_id, session_id=info.session_id)
+        log.info("peer_connected", epoch=info.epoch, catalog_size=len(registration.catalog_uuids))
+        self.metrics.session_started()
+        try:
+            return await session.serve(stream, registration)
+        finally:
+            await self._cleanup(session, stream)
+
+    async def _handshake(self, stream: ServerStream) -> Registration | Status | None:
+        """The registration, or the status that ends the stream (None: the peer is already gone)."""
+        timeout = self.settings.peer_handshake_timeout_sec
+        unreadable: StreamError | None = None
+        data: bytes | None = None
+        with trio.move_on_after(timeout) as handshake:
+            try:
+                data = await stream.receive_message()
+            except (MessageTooLarge, ProtocolViolation) as error:
+                unreadable = error
+            except StreamError:
+                log.debug("peer_gone_before_registration")
+                return None
+        if handshake.cancelled_caught:
+            self.metrics.registrations_refused.labels(cause="handshake_timeout").inc()
+            message = f"no registration within {timeout:g} s"
+            log.info("peer_registration_refused", detail=message)
+            await self._refuse(stream, message)
+            return Status(StatusCode.DEADLINE_EXCEEDED, message)
+        if unreadable is not None:
+            status = unreadable.status()
+            assert status is not None  # only StreamReset has none, and it is handled above
+            self.metrics.registration_refused(status.status_code)
+            log.info("peer_registration_refused", detail=status.status_message)
+            await self._refuse(stream, status.status_message)
+            return status
+        if data is None:
+            self.metrics.registrations_refused.labels(cause="closed").inc()
+            message = "stream ended before registration"
+            log.info("peer_registration_refused", detail=message)
+            await self._refuse(stream, message)
+            return Status(StatusCode.INVALID_ARGUMENT, message)
+        first: pb.PeerMessage | None = None
+        try:
+            first = protocol.decode_peer_message(data)
+            self.metrics.message_received(first.WhichOneof("payload"))
+            registration = protocol.parse_registration(first, self.settings)
+            if self.admission is not None:
+                self.admission.authorize(stream, registration)  # UNAUTHENTICATED / PERMISSION_DENIED
+            return registration
+        except PeerProtocolError as error:
+            self.metrics.registration_refused(error.code)
+            log.info("peer_registration_refused", detail=error.message)
+            await self._refuse(stream, error.message, **protocol.echo_of(first))
+            return Status(error.code, error.message)
+
+    def _new_session(self, registration: Registration, epoch: int) -> Session:
         info = SessionInfo(
             edge_id=self.settings.edge_id,
             peer_id=registration.peer_id,
             session_id=str(uuid.uuid4()),
-            epoch=self.registry.next_epoch(),
+            epoch=epoch,
         )
-        structlog.contextvars.bind_contextvars(peer_id=info.peer_id, session_id=info.session_id)
-        session = Session(info=info, settings=self.settings, events=self.events, now=self.now, metrics=self.metrics)
-        try:
-            try:
-                await self.registry.register(session, lambda: self._announce(info))
-            except PeerLimitReached:
-                self.metrics.registrations_refused.labels(cause="peer_limit").inc()
-                log.warning("peer_refused_limit", max_peers=self.settings.max_peers)
-                message = f"edge is at its peer limit ({self.settings.max_peers})"
-                await self._refuse(stream, first, message)
-                return Status(StatusCode.RESOURCE_EXHAUSTED, message)
-            except TakeoverTimedOut:
-                self.metrics.registrations_refused.labels(cause="takeover_timeout").inc()
-                log.warning("peer_takeover_timed_out")
-                return Status(StatusCode.UNAVAILABLE, "previous session for this peer id is still closing")
-            log.info("peer_connected", epoch=info.epoch, catalog_size=len(registration.catalog_uuids))
-            self.metrics.session_started()
-            await stream.send_message(
-                protocol.registration_accepted(registration, info, self.settings).SerializeToString()
-            )
-            self.metrics.message_sent("registration_response")
-            await self.events.send(protocol.full_catalog_record(registration, info, self.settings, self.now()))
-            return await session.serve(stream)
-        except StreamError:  # the peer went away while we wrote the response
-            session.end(DisconnectReason.STREAM_CLOSED)
-            return Status(StatusCode.CANCELLED, "stream closed")
-        finally:
-            await self._cleanup(session)
+        return Session(
+            info=info,
+            settings=self.settings,
+            events=self.events,
+            now=self.now,
+            greeting=protocol.registration_accepted(registration, info, self.settings),
+            metrics=self.metrics,
+        )
 
-    async def _handshake(self, stream: ServerStream) -> tuple[pb.PeerMessage | None, Registration | Status]:
-        timeout = self.settings.peer_handshake_timeout_sec
-        first: pb.PeerMessage | None = None
-        with trio.move_on_after(timeout) as handshake:
-            data = await stream.receive_message()
-        if handshake.cancelled_caught:
-            self.metrics.registrations_refused.labels(cause="handshake_timeout").inc()
-            log.info("peer_handshake_timeout", timeout_sec=timeout)
-            message = f"no registration within {timeout:g} s"
-            await self._refuse(stream, None, message)
-            return None, Status(StatusCode.DEADLINE_EXCEEDED, message)
-        if data is None:
-            self.metrics.registrations_refused.labels(cause="closed").inc()
-            log.info("peer_closed_before_registration")
-            return None, Status(StatusCode.INVALID_ARGUMENT, "stream ended before registration")
-        try:
-            first = protocol.decode_peer_message(data)
-            self.metrics.message_received(first.WhichOneof("payload"))
-            registration = protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
-            if self.admission is not None:
-                self.admission.authorize(stream, registration)  # UNAUTHENTICATED / PERMISSION_DENIED
-            return first, registration
-        except PeerProtocolError as error:
-            self.metrics.registration_refused(error.code)
-            log.info("peer_registration_refused", detail=error.message)
-            await self._refuse(stream, first, error.message)
-            return first, Status(error.code, error.message)
+    async def _announce(self, session: Session) -> None:
+        await self.events.send(protocol.connected_record(session.info, self.settings, self.now()))
 
-    async def _announce(self, info: SessionInfo) -> None:
-        await self.events.send(protocol.connected_record(info, self.settings, self.now()))
-
-    async def _refuse(self, stream: ServerStream, first: pb.PeerMessage | None, message: str) -> None:
-        refusal = protocol.registration_refused(first, message, self.settings.edge_id)
+    async def _refuse(self, stream: ServerStream, message: str, *, request_id: str = "", peer_name: str = "") -> None:
+        refusal = protocol.registration_refused(
+            message, self.settings.edge_id, request_id=request_id, peer_name=peer_name
+        )
         with trio.move_on_after(REFUSAL_WRITE_TIMEOUT):
             try:
                 await stream.send_message(refusal.SerializeToString())
             except StreamError:
                 pass  # the peer is gone; the status is all it would have got anyway
 
-    async def _cleanup(self, session: Session) -> None:
+    async def _cleanup(self, session: Session, stream: ServerStream) -> None:
         self.registry.release(session)
-        reason = session.end_reason or DisconnectReason.SHUTDOWN
         if session.end_reason is None:
-            session.end(reason)  # cancelled from outside (shutdown): record it
+            # Cancelled from outside the session: by the transport once the peer's own call deadline
+            # (grpc-timeout) passed or its stream was gone, else by shutdown.
+            gone = stream.terminated or trio.current_time() >= stream.deadline
+            session.end(DisconnectReason.STREAM_CLOSED if gone else DisconnectReason.SHUTDOWN)
+        reason = session.end_reason
+        assert reason is not None
         dropped = session.close_outbound()
         try:
-            if not session.announced:
-                return
-            record = protocol.disconnected_record(session.info, reason, self.settings, self.now())
-            lost = False
-            with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True) as publish:
+            records = [
+                *session.take_unpublished(),
+                protocol.disconnected_record(session.info, reason, self.settings, self.now()),
+            ]
+            queued = 0
+            with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
                 try:
-                    await self.events.send(record)
+                    for record in records:
+                        await self.events.send(record)
+                        queued += 1
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    lost = True  # the bridge is already gone: only possible if it crashed
-            if lost or publish.cancelled_caught:
-                log.error("peer_disconnect_event_lost", reason=reason.value, value=record.value)
-            log.info("peer_disconnected", reason=reason.value, undelivered=dropped)
+                    pass  # the bridge is already gone: only possible if it crashed
+            if queued < len(records):
+                log.error(
+                    "peer_events_lost",
+                    reason=reason.value,
+                    count=len(records) - queued,
+                    disconnected=dict(records[-1].value),
+                )
             self.metrics.session_ended(reason.value)
+            log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
         finally:
             session.ended.set()
 

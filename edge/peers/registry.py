@@ -32,18 +32,22 @@ class TakeoverTimedOut(Exception):
 
 @attrs.define
 class PeerRegistry:
+    """Peer id -> live session. Safe to use from any task of the edge's Trio run.
+
+    `max_peers` caps live sessions (MAX_PEERS); `takeover_timeout` bounds how long a registration waits
+    for the session it replaces to finish its cleanup (SHUTDOWN_TIMEOUT_SEC). Epochs come from one
+    counter per registry (one per edge process): shared by all peers, so they need no per-peer memory,
+    and still only grow for each peer.
+    """
+
     max_peers: int
     takeover_timeout: float
     _sessions: dict[str, Session] = attrs.field(factory=dict, init=False)
     _claims: dict[str, trio.Lock] = attrs.field(factory=dict, init=False)
     _epochs: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
-    def next_epoch(self) -> int:
-        """A session number that only grows within this process (shared by all peers, so it needs
-        no per-peer memory and still only grows for each peer)."""
-        return next(self._epochs)
-
     def lookup(self, peer_id: str) -> Session | None:
+        """The peer's live session if it can take deliveries (announced and not ending), else None."""
         session = self._sessions.get(peer_id)
         if session is None or not session.accepting:
             return None
@@ -58,12 +62,23 @@ class PeerRegistry:
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
-    async def register(self, session: Session, announce: Callable[[], Awaitable[None]]) -> None:
-        """Make `session` the peer's live session, replacing any other, then `announce()` it.
+    async def register(
+        self,
+        peer_id: str,
+        create: Callable[[int], Session],
+        announce: Callable[[Session], Awaitable[None]],
+    ) -> Session:
+        """Make a new session the peer's live one, replacing any other, and announce it.
 
-        Raises PeerLimitReached (the new session was not registered) or TakeoverTimedOut.
+        Under the peer's takeover lock: end the live session (reason `replaced`) and wait up to
+        `takeover_timeout` until its cleanup has queued its `disconnected`; check `max_peers`; then
+        `create(epoch)` the session, insert it and `await announce(session)` (which queues
+        `connected`). Returns the announced session.
+
+        Raises PeerLimitReached or TakeoverTimedOut (nothing was created), or whatever `announce`
+        raises (Cancelled at shutdown): the session is then removed again, never announced, and its
+        `ended` is set.
         """
-        peer_id = session.info.peer_id
         lock = self._claims.setdefault(peer_id, trio.Lock())
         try:
             async with lock:
@@ -75,9 +90,17 @@ class PeerRegistry:
                         raise TakeoverTimedOut(peer_id)
                 if len(self._sessions) >= self.max_peers:
                     raise PeerLimitReached(peer_id)
+                # Numbered under the lock, so a later session of a peer always has a higher epoch.
+                session = create(next(self._epochs))
                 self._sessions[peer_id] = session
-                await announce()
-                session.announced = True
+                try:
+                    await announce(session)
+                    session.announced = True
+                finally:
+                    if not session.announced:
+                        self.release(session)
+                        session.ended.set()
+                return session
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._claims.pop(peer_id, None)
@@ -86,10 +109,3 @@ class PeerRegistry:
         """Forget `session` if it is still the peer's live one (a replaced session is already gone)."""
         if self._sessions.get(session.info.peer_id) is session:
             del self._sessions[session.info.peer_id]
-
-    def end_all(self, reason: DisconnectReason) -> int:
-        """Ask every live session to end (graceful drain). Returns how many were asked."""
-        sessions = list(self._sessions.values())
-        for session in sessions:
-            session.end(reason)
-        return len(sessions)

@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, serve_grpc
+from edge.grpc import GrpcServerConfig, GrpcServerStats, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
@@ -74,11 +74,13 @@ async def serve_peers(
     config: GrpcServerConfig | None = None,
     admission: Admission | None = None,
     runtime: EdgeRuntime | None = None,
+    stats: GrpcServerStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
 
     `config` and `admission` are built from `settings` (reading certificates and keys) unless given.
+    `stats` receives the transport's live counters (default: the runtime's, which /metrics reads).
     """
     config = config if config is not None else grpc_config(settings)
     admission = admission if admission is not None else load_admission(settings, now)
@@ -91,7 +93,8 @@ async def serve_peers(
     routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
     async with events:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(partial(serve_grpc, stats=runtime.grpc_stats), config, routes)
+            stats = stats if stats is not None else runtime.grpc_stats
+            port = await nursery.start(partial(serve_grpc, stats=stats), config, routes)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             runtime.grpc_port = port
             runtime.health.set_accepting(True)

@@ -1,22 +1,38 @@
-"""One registered peer: its cancel scope, its outbound channel, and the three tasks that serve it.
+"""One registered peer: its cancel scope, its outbound channel, and the tasks that serve it.
 
-A `Session` is created by the stream handler once the peer has registered. `serve(stream)` runs, inside
-the session's own cancel scope, a reader (peer -> event channel), a writer (outbound channel -> peer)
-and a heartbeat ticker. Whatever ends the session calls `end(reason)`, which records the first reason
-and cancels the scope; `serve` then returns the gRPC status for that reason. An exception that is a bug
-ends only this session, with reason `error`.
+A `Session` is created by the registry once the peer has registered; its writer sends the
+registration response (`greeting`) before anything from its outbound channel. `serve(stream, registration)` runs, inside the session's own
+cancel scope:
+
+* the reader (the nursery body): publishes the full catalog, then reads the peer's
+  messages, each under a fresh PEER_TIMEOUT_SEC deadline (any message counts as liveness), and puts
+  what they mean into the event channel; it waits while the channel is full (backpressure);
+* the writer: outbound channel -> peer stream;
+* the heartbeat: offers an EdgeMessage heartbeat every HEARTBEAT_INTERVAL_SEC from the session's start;
+* the watcher: ends the session the moment the stream is reset or its connection lost, even while the
+  reader is held up by backpressure.
+
+Whatever ends the session calls `end(reason)`, which records the first reason and cancels the scope;
+`serve` then returns the gRPC status for that reason. A scope cancelled without a reason counts as
+`shutdown`. An exception that is a bug ends only this session, with reason `error`, logged with its
+traceback; the peer sees INTERNAL "internal error".
+
+A record the reader had taken from the peer but not yet queued when the session was cancelled is kept
+(`take_unpublished`): the handler's cleanup queues it before the `disconnected` event, so a message the
+edge read is never lost because the session ended while Kafka was slow.
 
 The outbound channel is the session's own and bounded (PEER_OUTBOUND_QUEUE_SIZE). The command router
 offers `Delivery` values with `offer()`, which never waits: a full channel or an ended session is an
-immediate answer the router retries by its backoff rules, so a peer that stops reading cannot grow the
-edge's memory. The writer marks each delivery written or dropped; whatever is still queued when the
-session ends is marked dropped by `close_outbound()`.
+immediate answer the router retries by its backoff rules, so a peer that stops reading holds at most
+PEER_OUTBOUND_QUEUE_SIZE messages (plus the one being written) and cannot grow the edge's memory. The
+writer settles each delivery written or not; whatever is still queued when the session ends is settled
+"not written" by `close_outbound()`.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import structlog
@@ -31,9 +47,9 @@ from edge.grpc import (
     StatusCode,
     StreamError,
 )
-from edge.ops.metrics import EdgeMetrics, send_event
 from edge.peers import protocol
-from edge.peers.protocol import PeerProtocolError, SessionInfo
+from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
+from edge.ops.metrics import EdgeMetrics, send_event
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
 
@@ -42,7 +58,8 @@ log = structlog.get_logger(__name__)
 
 @attrs.define(eq=False)
 class Delivery:
-    """An EdgeMessage on its way to the peer. The session's writer settles it exactly once."""
+    """An EdgeMessage on its way to the peer. Settled exactly once: written, or not (session ended,
+    message over GRPC_MAX_MESSAGE_BYTES)."""
 
     message: pb.EdgeMessage
     _settled: trio.Event = attrs.field(factory=trio.Event, init=False)
@@ -58,7 +75,8 @@ class Delivery:
         return self._settled.is_set()
 
     async def wait(self) -> bool:
-        """True once written to the peer's stream, False if the session ended first."""
+        """True once written to the peer's stream (handed to its HTTP/2 connection, within the peer's
+        flow-control window), False if it never will be. Put a deadline around it."""
         await self._settled.wait()
         return self.written
 
@@ -73,22 +91,28 @@ class Session:
     settings: Settings
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: Written before anything from the outbound channel (the registration response).
+    greeting: pb.EdgeMessage | None = None
     metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
+    #: The session's own cancel scope; prefer `end(reason)`, which says why.
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    #: Set once the handler's cleanup is done (the `disconnected` event is queued).
     ended: trio.Event = attrs.field(factory=trio.Event, init=False)
+    #: True once `connected` is in the event channel.
     announced: bool = attrs.field(default=False, init=False)
     end_reason: DisconnectReason | None = attrs.field(default=None, init=False)
     _status: Status = attrs.field(factory=lambda: Status(StatusCode.OK), init=False)
     _outbound_send: trio.MemorySendChannel[Delivery] = attrs.field(init=False)
     _outbound_receive: trio.MemoryReceiveChannel[Delivery] = attrs.field(init=False)
     _in_flight: Delivery | None = attrs.field(default=None, init=False)
+    _unpublished: list[OutboundRecord] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._outbound_send, self._outbound_receive = trio.open_memory_channel[Delivery](
             self.settings.peer_outbound_queue_size
         )
 
-    # --- used by the router and the registry -------------------------------------------------------
+    # --- used by the router, the registry and the handler -------------------------------------------
 
     @property
     def accepting(self) -> bool:
@@ -104,9 +128,7 @@ class Session:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise SessionGone(self.info.peer_id) from None
 
-    def end(
-        self, reason: DisconnectReason, code: StatusCode | None = None, message: str = ""
-    ) -> None:
+    def end(self, reason: DisconnectReason, code: StatusCode | None = None, message: str = "") -> None:
         """End the session for `reason` (the first reason given wins) and cancel its scope."""
         if self.end_reason is None:
             self.end_reason = reason
@@ -116,21 +138,33 @@ class Session:
 
     # --- the session's own tasks --------------------------------------------------------------------
 
-    async def serve(self, stream: ServerStream) -> Status:
-        """Run until something ends the session; return the status to close the stream with."""
+    async def serve(self, stream: ServerStream, registration: Registration) -> Status:
+        """Publish the registration's full catalog, then serve the peer until something ends the
+        session; return the status to close the stream with. Cancelled from outside (shutdown), it
+        raises Cancelled as usual."""
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, stream)
                     nursery.start_soon(self._heartbeat_loop)
+                    nursery.start_soon(self._watch, stream)
+                    catalog = protocol.full_catalog_records(registration, self.info, self.settings, self.now())
+                    await self._publish(catalog)
                     await self._read_loop(stream)
         except* Exception:  # the one boundary for bugs in this session's tasks
             log.exception("peer_session_failed")
             self.end(DisconnectReason.ERROR, StatusCode.INTERNAL, "internal error")
+        if self.end_reason is None:  # the scope was cancelled directly, without a reason
+            self.end(DisconnectReason.SHUTDOWN)
         return self._status
 
+    def take_unpublished(self) -> list[OutboundRecord]:
+        """Records read from the peer whose queuing was interrupted by the session's end."""
+        records, self._unpublished = self._unpublished, []
+        return records
+
     def close_outbound(self) -> int:
-        """Close the outbound channel and mark whatever is still queued as dropped."""
+        """Close the outbound channel and settle whatever is still queued as not written."""
         self._outbound_send.close()
         dropped = 0
         if self._in_flight is not None and not self._in_flight.settled:
@@ -146,6 +180,15 @@ class Session:
         self._outbound_receive.close()
         return dropped
 
+    async def _publish(self, records: Iterable[OutboundRecord]) -> None:
+        # Kept until queued: if the session is cancelled while the channel is full (Kafka is slow),
+        # cleanup queues what is left before `disconnected`.
+        self._unpublished = list(records)
+        while self._unpublished:
+            # Waits while the bridge is full (backpressure), counting the wait in the metrics.
+            await send_event(self.events, self._unpublished[0], self.metrics)
+            del self._unpublished[0]
+
     async def _read_loop(self, stream: ServerStream) -> None:
         timeout = self.settings.peer_timeout_sec
         while True:
@@ -160,25 +203,35 @@ class Session:
                     self.end(DisconnectReason.STREAM_CLOSED)
                     return
             if idle.cancelled_caught:
+                log.info("peer_timed_out", timeout_sec=timeout)
                 self.end(DisconnectReason.TIMEOUT, message=f"no message from the peer in {timeout} s")
                 return
             if data is None:  # the peer half-closed its side
                 self.end(DisconnectReason.STREAM_CLOSED, StatusCode.OK, "stream closed by peer")
                 return
             try:
-                message = protocol.decode_peer_message(data)
-                self.metrics.message_received(message.WhichOneof("payload"))
-                record = protocol.record_for_message(message, self.info, self.settings, self.now())
+                await self._handle(protocol.decode_peer_message(data))
             except PeerProtocolError as error:
                 log.info("peer_protocol_error", detail=error.message)
                 self.end(DisconnectReason.PROTOCOL_ERROR, error.code, error.message)
                 return
-            if record is not None:
-                await send_event(self.events, record, self.metrics)  # waits while the bridge is full: backpressure
-            elif message.WhichOneof("payload") is None:
-                log.info("peer_message_kind_unknown", request_id=message.request_id)
+
+    async def _handle(self, message: pb.PeerMessage) -> None:
+        """One decoded message from the registered peer."""
+        self.metrics.message_received(message.WhichOneof("payload"))
+        records = protocol.records_for_message(message, self.info, self.settings, self.now())
+        await self._publish(records)
+        if not records and message.WhichOneof("payload") is None:
+            log.info("peer_message_kind_unknown", request_id=message.request_id[: protocol.ERROR_TEXT_CHARS])
 
     async def _write_loop(self, stream: ServerStream) -> None:
+        if self.greeting is not None:
+            try:
+                await stream.send_message(self.greeting.SerializeToString())
+            except StreamError:
+                self.end(DisconnectReason.STREAM_CLOSED)
+                return
+            self.metrics.message_sent(self.greeting.WhichOneof("payload"))
         async for delivery in self._outbound_receive:
             self._in_flight = delivery  # settled by close_outbound() if we are cancelled mid-write
             try:
@@ -186,6 +239,7 @@ class Session:
             except MessageTooLarge:
                 log.warning("edge_message_too_large", request_id=delivery.message.request_id)
                 delivery.settle(False)
+                self._in_flight = None
                 continue
             except StreamError:
                 delivery.settle(False)
@@ -197,13 +251,19 @@ class Session:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval_sec
+        next_beat = trio.current_time()
         while True:
-            await trio.sleep(interval)
+            next_beat += interval
+            await trio.sleep_until(next_beat)
             try:
                 self.offer(Delivery(protocol.heartbeat(self.now())))
             except trio.WouldBlock:
-                # The peer is not reading; its own silence will time it out. Skip this beat.
+                # The peer is not reading; if it is also silent its own timeout ends it. Skip this beat.
                 log.debug("heartbeat_skipped_queue_full")
+
+    async def _watch(self, stream: ServerStream) -> None:
+        await stream.wait_terminated()
+        self.end(DisconnectReason.STREAM_CLOSED)
 
 
 def _default_message(reason: DisconnectReason) -> str:

@@ -166,6 +166,8 @@ async def test_cancelling_the_connection_sends_unavailable_then_goaway(autojump_
     assert trailers["grpc-status"] == "14" and trailers["grpc-message"] == "edge shutting down"
     assert any(isinstance(e, h2.events.ConnectionTerminated) and e.error_code == 0 for e in client.events)
     assert saw_cancel == [True]
+    # The bookkeeping after the close also runs when the close itself is cancelled.
+    assert stats.connections_open == 0 and stats.streams_open == 0 and stats.inbound_buffered_bytes == 0
 
 
 async def test_not_http2_closes_the_connection_and_its_streams(autojump_clock: Any) -> None:
