@@ -11,10 +11,11 @@ Phases, each under its own deadline:
    over MAX_PEERS (RESOURCE_EXHAUSTED), numbers it (epoch) and queues `connected`. The session's
    writer sends the registration response before anything else.
 3. the session publishes the full catalog and serves until something ends it (`session.py`).
-4. cleanup, always, once the session was announced: leave the registry, settle undelivered commands as
-   not written, queue what the reader had read but not yet queued, then `disconnected` with the reason.
-   It runs shielded under SHUTDOWN_TIMEOUT_SEC, so cancellation (a replaced session, shutdown, the
-   embedding program cancelling us) cannot skip it.
+4. cleanup, always, once the session was announced: settle undelivered commands as not written, and
+   hand what the reader had read but not yet queued, then `disconnected` with the reason, to
+   `serve_endings`, which queues them however long Kafka takes, then releases the session from the
+   registry and marks it ended (the router stopped finding it when it ended). The handover does not wait (one pending ending per announced session), so cancellation (a
+   replaced session, shutdown, the transport after a reset) cannot skip it.
 
 Status of each ending (the stream's final gRPC status; a reset stream gets none):
 
@@ -41,6 +42,7 @@ from edge.grpc import MessageTooLarge, ProtocolViolation, ServerStream, Status, 
 from edge.peers import protocol
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
+from edge.peers.endings import Ending
 from edge.peers.session import Session
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
@@ -59,6 +61,8 @@ class PeerStreamHandler:
     registry: PeerRegistry
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: Where each ended session's last records go (see `endings.serve_endings`).
+    endings: trio.MemorySendChannel[Ending]
 
     async def __call__(self, stream: ServerStream) -> Status | None:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
@@ -155,7 +159,6 @@ class PeerStreamHandler:
                 pass  # the peer is gone; the status is all it would have got anyway
 
     async def _cleanup(self, session: Session, stream: ServerStream) -> None:
-        self.registry.release(session)
         if session.end_reason is None:
             # Cancelled from outside the session: by the transport once the peer's own call deadline
             # (grpc-timeout) passed or its stream was gone, else by shutdown.
@@ -164,29 +167,27 @@ class PeerStreamHandler:
         reason = session.end_reason
         assert reason is not None
         dropped = session.close_outbound()
-        try:
-            records = [
+        log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
+        ending = Ending(
+            session,
+            [
                 *session.take_unpublished(),
                 protocol.disconnected_record(session.info, reason, self.settings, self.now()),
-            ]
-            queued = 0
+            ],
+            finished=lambda: self.registry.finish(session),
+        )
+        try:
+            self.endings.send_nowait(ending)
+        except trio.WouldBlock:
+            # Room for MAX_PEERS pending endings: only churn while Kafka is away gets here.
+            handed_over = False
             with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
-                try:
-                    for record in records:
-                        await self.events.send(record)
-                        queued += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the bridge is already gone: only possible if it crashed
-            if queued < len(records):
-                log.error(
-                    "peer_events_lost",
-                    reason=reason.value,
-                    count=len(records) - queued,
-                    disconnected=dict(records[-1].value),
-                )
-            log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
-        finally:
-            session.ended.set()
+                await self.endings.send(ending)
+                handed_over = True
+            if not handed_over:
+                ending.lost()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            ending.lost()  # the relay is gone: only possible if it crashed
 
 
 def _address(stream: ServerStream) -> str | None:
