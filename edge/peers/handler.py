@@ -14,8 +14,9 @@ Phases, each under its own deadline:
 4. cleanup, always, once the session was announced: settle undelivered commands as not written, and
    hand what the reader had read but not yet queued, then `disconnected` with the reason, to
    `serve_endings`, which queues them however long Kafka takes, then releases the session from the
-   registry and marks it ended (the router stopped finding it when it ended). The handover does not wait (one pending ending per announced session), so cancellation (a
-   replaced session, shutdown, the transport after a reset) cannot skip it.
+   registry and marks it ended (the router stopped finding it when it ended). The handover does not
+   wait (one pending ending per announced session), so cancellation (a replaced session, shutdown,
+   the transport after a reset) cannot skip it.
 
 Status of each ending (the stream's final gRPC status; a reset stream gets none):
 
@@ -168,26 +169,34 @@ class PeerStreamHandler:
         assert reason is not None
         dropped = session.close_outbound()
         log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
-        ending = Ending(
-            session,
-            [
-                *session.take_unpublished(),
-                protocol.disconnected_record(session.info, reason, self.settings, self.now()),
-            ],
-            finished=lambda: self.registry.finish(session),
-        )
+        ending: Ending | None = None
+        handed_over = False
         try:
-            self.endings.send_nowait(ending)
-        except trio.WouldBlock:
-            # Room for MAX_PEERS pending endings: only churn while Kafka is away gets here.
-            handed_over = False
-            with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
-                await self.endings.send(ending)
+            ending = Ending(
+                session,
+                [
+                    *session.take_unpublished(),
+                    protocol.disconnected_record(session.info, reason, self.settings, self.now()),
+                ],
+                finished=lambda: self.registry.finish(session),
+            )
+            try:
+                self.endings.send_nowait(ending)
                 handed_over = True
+            except trio.WouldBlock:
+                # Room for MAX_PEERS pending endings: only churn while Kafka is away gets here.
+                with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
+                    await self.endings.send(ending)
+                    handed_over = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the relay is gone: only possible if it crashed
+        finally:
             if not handed_over:
-                ending.lost()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            ending.lost()  # the relay is gone: only possible if it crashed
+                # Never leave the session registered: its peer could not register again.
+                if ending is not None:
+                    ending.lost()
+                else:
+                    self.registry.finish(session)
 
 
 def _address(stream: ServerStream) -> str | None:
