@@ -149,8 +149,9 @@ class Settings:
     peer_handshake_timeout_sec: float = _setting(
         "PEER_HANDSHAKE_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
     )
-    #: Registered sessions at once; one more registration gets a refusal and RESOURCE_EXHAUSTED (a
-    #: takeover of a connected id is not one more). Streams still in their handshake are not counted.
+    #: Registered sessions at once (an ended one counts until its `disconnected` is queued); one more
+    #: registration gets a refusal and RESOURCE_EXHAUSTED (a takeover of a connected id is not one
+    #: more). Streams still in their handshake are not counted.
     max_peers: int = _setting("MAX_PEERS", 10000, "a whole number above 0", _positive)
     #: EdgeMessages (commands, heartbeats) queued for one peer beyond the one being written. When full,
     #: `Session.offer` raises trio.WouldBlock at once and the router retries by its backoff rules: a peer

@@ -11,10 +11,12 @@ Phases, each under its own deadline:
    over MAX_PEERS (RESOURCE_EXHAUSTED), numbers it (epoch) and queues `connected`. The session's
    writer sends the registration response before anything else.
 3. the session publishes the full catalog and serves until something ends it (`session.py`).
-4. cleanup, always, once the session was announced: leave the registry, settle undelivered commands as
-   not written, queue what the reader had read but not yet queued, then `disconnected` with the reason.
-   It runs shielded under SHUTDOWN_TIMEOUT_SEC, so cancellation (a replaced session, shutdown, the
-   embedding program cancelling us) cannot skip it.
+4. cleanup, always, once the session was announced: settle undelivered commands as not written, and
+   hand what the reader had read but not yet queued, then `disconnected` with the reason, to
+   `serve_endings`, which queues them however long Kafka takes, then releases the session from the
+   registry and marks it ended (the router stopped finding it when it ended). The handover does not
+   wait (one pending ending per announced session), so cancellation (a replaced session, shutdown,
+   the transport after a reset) cannot skip it.
 
 Status of each ending (the stream's final gRPC status; a reset stream gets none):
 
@@ -43,6 +45,7 @@ from edge.peers import protocol
 from edge.peers.admission import Admission
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
+from edge.peers.endings import Ending
 from edge.peers.session import Session
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
@@ -61,6 +64,8 @@ class PeerStreamHandler:
     registry: PeerRegistry
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: Where each ended session's last records go (see `endings.serve_endings`).
+    endings: trio.MemorySendChannel[Ending]
     #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
     admission: Admission | None = None
     metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
@@ -172,7 +177,6 @@ class PeerStreamHandler:
                 pass  # the peer is gone; the status is all it would have got anyway
 
     async def _cleanup(self, session: Session, stream: ServerStream) -> None:
-        self.registry.release(session)
         if session.end_reason is None:
             # Cancelled from outside the session: by the transport once the peer's own call deadline
             # (grpc-timeout) passed or its stream was gone, else by shutdown.
@@ -181,30 +185,36 @@ class PeerStreamHandler:
         reason = session.end_reason
         assert reason is not None
         dropped = session.close_outbound()
+        log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
+        self.metrics.session_ended(reason.value)
+        ending: Ending | None = None
+        handed_over = False
         try:
-            records = [
-                *session.take_unpublished(),
-                protocol.disconnected_record(session.info, reason, self.settings, self.now()),
-            ]
-            queued = 0
-            with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
-                try:
-                    for record in records:
-                        await self.events.send(record)
-                        queued += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the bridge is already gone: only possible if it crashed
-            if queued < len(records):
-                log.error(
-                    "peer_events_lost",
-                    reason=reason.value,
-                    count=len(records) - queued,
-                    disconnected=dict(records[-1].value),
-                )
-            self.metrics.session_ended(reason.value)
-            log.info("peer_disconnected", reason=reason.value, epoch=session.info.epoch, undelivered=dropped)
+            ending = Ending(
+                session,
+                [
+                    *session.take_unpublished(),
+                    protocol.disconnected_record(session.info, reason, self.settings, self.now()),
+                ],
+                finished=lambda: self.registry.finish(session),
+            )
+            try:
+                self.endings.send_nowait(ending)
+                handed_over = True
+            except trio.WouldBlock:
+                # Room for MAX_PEERS pending endings: only churn while Kafka is away gets here.
+                with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
+                    await self.endings.send(ending)
+                    handed_over = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the relay is gone: only possible if it crashed
         finally:
-            session.ended.set()
+            if not handed_over:
+                # Never leave the session registered: its peer could not register again.
+                if ending is not None:
+                    ending.lost()
+                else:
+                    self.registry.finish(session)
 
 
 def _address(stream: ServerStream) -> str | None:

@@ -1,13 +1,17 @@
 """Who is connected: peer id -> live session, for the command router and for takeovers.
 
 One `PeerRegistry` per edge process, owned by `serve_peers`. A session becomes visible to the router
-only after its `connected` event is in the event channel, and disappears before its `disconnected`
-event is sent, so the router never hands a command to a session the backend has not heard of.
+(`lookup`) only after its `connected` event is in the event channel, and stops being visible the moment
+it ends, before its `disconnected` event is queued, so the router never hands a command to a session
+the backend has not heard of or one that is going away.
 
-Takeover (a second stream registering a connected id) runs under a per-peer lock: the old session is
-ended with reason `replaced` and awaited until its cleanup has queued its `disconnected` event; only then
-is the new session inserted and its `connected` queued. Both go through the same FIFO event channel and
-share a Kafka key, so the backend sees them in that order.
+A session stays registered until its last records and `disconnected` are queued (`finish`, called by
+`serve_endings`), which may take a while when Kafka is slow. A registration of the same peer id (a
+takeover of a live session, or a reconnect after an ending) runs under a per-peer lock: the registered
+session is ended with reason `replaced` (unless it already ended) and awaited until it is finished;
+only then is the new session inserted and its `connected` queued. Both go through the same FIFO event
+channel and share a Kafka key, so the backend sees a peer's `disconnected` before its next
+`connected`. Sessions that are ending count toward `max_peers` until they are finished.
 """
 
 from __future__ import annotations
@@ -98,14 +102,14 @@ class PeerRegistry:
                     session.announced = True
                 finally:
                     if not session.announced:
-                        self.release(session)
-                        session.ended.set()
+                        self.finish(session)
                 return session
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._claims.pop(peer_id, None)
 
-    def release(self, session: Session) -> None:
-        """Forget `session` if it is still the peer's live one (a replaced session is already gone)."""
+    def finish(self, session: Session) -> None:
+        """`session`'s last records are queued (or given up): forget it and wake whoever waits for it."""
         if self._sessions.get(session.info.peer_id) is session:
             del self._sessions[session.info.peer_id]
+        session.ended.set()

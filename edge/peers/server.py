@@ -3,30 +3,33 @@
 Task tree (each line owns the ones below it; cancelling one ends those below first):
 
     serve_peers                owns the event channel's send end and the peer registry
+      serve_endings            queues each ended session's last records and `disconnected`
       serve_grpc               accept loop, one task per connection, one per stream
         PeerStreamHandler      one per Connect stream: handshake -> Session.serve -> cleanup
-          Session tasks        reader, writer, heartbeat, in the session's own cancel scope
+          Session tasks        reader, writer, heartbeat, watcher, in the session's own cancel scope
 
-When `serve_peers` is cancelled, every session ends with reason `shutdown` and queues its
-`disconnected` event before the send end of the event channel is closed, so the Kafka bridge, which
-drains the channel until it is closed, publishes them all.
+When `serve_peers` is cancelled, every session ends with reason `shutdown` and hands its
+`disconnected` event to `serve_endings`; once the gRPC server has returned, the handover channel is
+closed, `serve_endings` finishes queuing (shielded, under SHUTDOWN_TIMEOUT_SEC), and only then is the
+send end of the event channel closed, so the Kafka bridge, which drains the channel until it is
+closed, publishes them all.
 """
 
 from __future__ import annotations
 
 import datetime
 import ssl
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
 
 import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, GrpcServerStats, serve_grpc
+from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
+from edge.peers.endings import Ending, serve_endings
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.limits import message_meter_factory
 from edge.peers.registry import PeerRegistry
@@ -85,16 +88,24 @@ async def serve_peers(
     config = config if config is not None else grpc_config(settings)
     admission = admission if admission is not None else load_admission(settings, now)
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
+    endings_send, endings_receive = trio.open_memory_channel[Ending](settings.max_peers)
     handler = PeerStreamHandler(
-        settings=settings, registry=registry, events=events, now=now, admission=admission, metrics=runtime.metrics
+        settings=settings,
+        registry=registry,
+        events=events,
+        now=now,
+        endings=endings_send,
+        admission=admission,
+        metrics=runtime.metrics,
     )
     # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
     # do not (load balancers probe them), and bound their own streams.
     routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
+    stats = stats if stats is not None else runtime.grpc_stats
     async with events:
         async with trio.open_nursery() as nursery:
-            stats = stats if stats is not None else runtime.grpc_stats
-            port = await nursery.start(partial(serve_grpc, stats=stats), config, routes)
+            await nursery.start(serve_endings, endings_receive, events, settings.shutdown_timeout_sec)
+            port = await nursery.start(_serve_grpc, endings_send, config, routes, stats)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             runtime.grpc_port = port
             runtime.health.set_accepting(True)
@@ -103,3 +114,16 @@ async def serve_peers(
                 await trio.sleep_forever()
             finally:
                 runtime.health.set_accepting(False)  # first step of a drain: health says NOT_SERVING
+
+
+async def _serve_grpc(
+    endings: trio.MemorySendChannel[Ending],
+    config: GrpcServerConfig,
+    routes: Mapping[str, Handler],
+    stats: GrpcServerStats | None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """serve_grpc, then close the endings channel: every handler has handed over its ending by then."""
+    async with endings:
+        await serve_grpc(config, routes, stats=stats, task_status=task_status)

@@ -18,8 +18,9 @@ Whatever ends the session calls `end(reason)`, which records the first reason an
 traceback; the peer sees INTERNAL "internal error".
 
 A record the reader had taken from the peer but not yet queued when the session was cancelled is kept
-(`take_unpublished`): the handler's cleanup queues it before the `disconnected` event, so a message the
-edge read is never lost because the session ended while Kafka was slow.
+(`take_unpublished`): the handler's cleanup hands it, before the `disconnected` event, to
+`serve_endings`, so a message the edge read is never lost because the session ended while Kafka was
+slow.
 
 The outbound channel is the session's own and bounded (PEER_OUTBOUND_QUEUE_SIZE). The command router
 offers `Delivery` values with `offer()`, which never waits: a full channel or an ended session is an
@@ -96,7 +97,8 @@ class Session:
     metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
     #: The session's own cancel scope; prefer `end(reason)`, which says why.
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
-    #: Set once the handler's cleanup is done (the `disconnected` event is queued).
+    #: Set once its last records and `disconnected` are queued (or given up at shutdown) and it has
+    #: left the registry (`PeerRegistry.finish`).
     ended: trio.Event = attrs.field(factory=trio.Event, init=False)
     #: True once `connected` is in the event channel.
     announced: bool = attrs.field(default=False, init=False)

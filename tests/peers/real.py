@@ -72,6 +72,15 @@ class RunningEdge:
         with trio.fail_after(60):
             await self.stopped.wait()
 
+    async def registered(self) -> int:
+        """Sessions in the registry once every ended one has left it (an ended session leaves when
+        its `disconnected` is queued, a moment after its stream closed)."""
+        with trio.fail_after(10):
+            for session in self.registry.sessions():
+                if session.end_reason is not None:
+                    await session.ended.wait()
+        return len(self.registry)
+
 
 @contextlib.asynccontextmanager
 async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:

@@ -24,6 +24,7 @@ import trio.testing
 
 from edge.config import Settings
 from edge.grpc import GrpcServerConfig, GrpcServerStats, StatusCode, serve_grpc_connection
+from edge.peers.endings import Ending, serve_endings
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
@@ -212,7 +213,10 @@ class MemoryEdge:
         self.settings = settings
         self.registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
         self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
-        self.handler = PeerStreamHandler(settings=settings, registry=self.registry, events=self.events, now=fixed_now)
+        self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
+        self.handler = PeerStreamHandler(
+            settings=settings, registry=self.registry, events=self.events, now=fixed_now, endings=self._endings
+        )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
         self.published: list[Published] = []
@@ -224,15 +228,18 @@ class MemoryEdge:
         self._changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Like serve_peers: connections inside a scope whose cancellation is shutdown; the event
-        channel's send end is closed once every session has ended."""
+        """Like serve_peers: `serve_endings` and the connections inside a scope whose cancellation is
+        shutdown; the event channel's send end is closed once every session's ending is queued."""
         try:
             async with self.events:
                 with self.scope:
-                    async with trio.open_nursery() as connections:
-                        self._connections = connections
-                        task_status.started()
-                        await trio.sleep_forever()
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(serve_endings, self._endings_out, self.events, self.settings.shutdown_timeout_sec)
+                        async with self._endings:
+                            async with trio.open_nursery() as connections:
+                                self._connections = connections
+                                task_status.started()
+                                await trio.sleep_forever()
         finally:
             self.stopped.set()
 
@@ -295,6 +302,11 @@ class MemoryEdge:
         ]
 
 
+#: Trio seconds a test may run in a MemoryEdge. Under autojump_clock a test that waits for something
+#: that never comes reaches it at once and fails with TooSlowError instead of hanging.
+TEST_DEADLINE_SEC = 3600
+
+
 @asynccontextmanager
 async def memory_edge(settings: Settings, *, drain: bool = True, event_buffer: int = 1000) -> AsyncIterator[MemoryEdge]:
     """A running MemoryEdge; shut down (every session ends, `shutdown`) when the block ends."""
@@ -304,7 +316,8 @@ async def memory_edge(settings: Settings, *, drain: bool = True, event_buffer: i
             nursery.start_soon(edge.drain)
         await nursery.start(edge.serve)
         try:
-            yield edge
+            with trio.fail_after(TEST_DEADLINE_SEC):
+                yield edge
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(settings.shutdown_timeout_sec * 3):
                 await edge.shutdown()

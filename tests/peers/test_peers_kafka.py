@@ -242,7 +242,7 @@ async def test_every_disconnect_reason_reaches_the_lifecycle_topic(
                     await beating
 
             stayers = await aio.run(phase_one())
-            assert len(edge.registry) == 2
+            assert await edge.registered() == 2
             await aio.run(quiet())
         # The edge is stopped (its `with` block ended): the stayers get their shutdown status.
 
@@ -548,7 +548,7 @@ async def _drop_200(settings: Any, ca_path: Path) -> tuple[dict[str, float], tup
         finally:
             await cancelling.close()
             await killed.close()
-        assert len(edge.registry) == 0
+        assert await edge.registered() == 0
         assert edge.stats.streams_started == 200 and edge.stats.streams_reset + edge.stats.streams_lost == 200
         with trio.fail_after(10):
             while own_tcp_sockets(edge.port)["server"]:

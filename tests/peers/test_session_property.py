@@ -180,6 +180,15 @@ def test_every_registered_session_is_announced_once_and_ends_once(actions: list[
     check(edge, opened)
 
 
+def test_an_ending_while_kafka_stalls_longer_than_the_shutdown_timeout() -> None:
+    """Found by the property test: a session ending while the bridge has been stalled for longer than
+    SHUTDOWN_TIMEOUT_SEC lost its `disconnected` (the handler gave up); now it waits for the bridge."""
+    actions = [("kafka", False), ("register_again", 0), ("garbage", 0), ("silence", 11)]
+    edge, opened = trio.run(play, actions, clock=trio.testing.MockClock(autojump_threshold=0))
+    check(edge, opened)
+    assert [v.get("reason") for v in edge.lifecycle()] == [None, "protocol_error"]
+
+
 def test_a_known_hard_sequence() -> None:
     """Takeover while Kafka stalls, a reset and a timeout in the same run (kept as a plain example)."""
     actions = [

@@ -472,3 +472,33 @@ async def test_delivery_is_settled_written_once_on_the_stream(autojump_clock: An
         with pytest.raises(SessionGone):
             session.offer(Delivery(pb.EdgeMessage()))
         assert edge.registry.lookup("target") is None
+
+
+async def test_an_ending_while_kafka_is_away_is_published_when_it_is_back(autojump_clock: Any) -> None:
+    """The event channel is full and stays full for 100 s (Kafka away, far past SHUTDOWN_TIMEOUT_SEC):
+    a session that ends meanwhile gets its status at once, its `disconnected` waits and comes out
+    when the channel moves, never lost. A takeover of that id meanwhile is told to come back
+    (UNAVAILABLE after SHUTDOWN_TIMEOUT_SEC), and succeeds once the old ending is queued."""
+    async with memory_edge(SETTINGS, drain=False, event_buffer=2) as edge:
+        peer = await edge.connect()
+        await peer.register("patient")
+        await settle()  # connected and catalog fill the channel
+        ended_at = trio.current_time()
+        await peer.send(b"\xff\xfe not protobuf")
+        assert await peer.wait_status() == (StatusCode.INVALID_ARGUMENT, "message is not a valid PeerMessage")
+        assert trio.current_time() == ended_at
+        early = await edge.connect()
+        await early.register("patient")
+        assert await early.wait_status() == (StatusCode.UNAVAILABLE, "previous session for this peer id is still closing")
+        assert trio.current_time() - ended_at == pytest.approx(SETTINGS.shutdown_timeout_sec)
+        await trio.sleep(100)
+        taken = [(await edge.take()).value for _ in range(3)]
+        assert [(v.get("event_type"), v.get("update_type"), v.get("reason")) for v in taken] == [
+            ("connected", None, None),
+            (None, "full", None),
+            ("disconnected", None, "protocol_error"),
+        ]
+        again = await edge.connect()
+        await again.register("patient")
+        assert (await edge.take()).value["event_type"] == "connected"
+        await again.wait_kind("registration_response")
