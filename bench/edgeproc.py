@@ -2,9 +2,9 @@
 
 Its JSON log goes to a file; a reader task watches it for the few events the bench waits on
 (`edge_started` with the bound port) and counts errors. Profilers:
-- py-spy (`--profile py-spy`): attached to the running edge by pid once it has started, sampling
-  at 100 Hz into a speedscope file; it needs ptrace rights (root, or CAP_SYS_PTRACE). Out of process,
-  so it costs the edge little; it runs on the load cores.
+- py-spy (`--profile py-spy`): attached to the running edge by pid once it has started, sampling at
+  100 Hz without pausing it (--nonblocking) into a speedscope file; it needs ptrace rights (root, or
+  CAP_SYS_PTRACE). Out of process, so it costs the edge little; it runs on the load cores.
 - pyinstrument (`--profile pyinstrument`): the edge runs inside `python -m pyinstrument`, which writes
   an HTML profile when the edge exits after SIGTERM. In process: it slows the edge down noticeably.
 """
@@ -24,6 +24,12 @@ import trio
 
 #: Events of the edge's log that the bench keeps (the rest is only in the log file).
 KEPT_EVENTS = frozenset({"edge_started", "kafka_producer_connected", "kafka_producer_stopped", "edge_stopped"})
+
+
+def _py_spy() -> str:
+    """py-spy next to this interpreter (a virtualenv's bin/), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else "py-spy"
 
 
 class EdgeProcess:
@@ -69,8 +75,8 @@ class EdgeProcess:
         if profile == "py-spy":
             assert profile_path is not None
             edge.profiler = await trio.lowlevel.open_process(
-                ["py-spy", "record", "--pid", str(process.pid), "--rate", "100", "--format", "speedscope",
-                 "--output", str(profile_path)],
+                [_py_spy(), "record", "--pid", str(process.pid), "--rate", "100", "--nonblocking",
+                 "--format", "speedscope", "--output", str(profile_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_path.with_suffix(".py-spy.log").open("wb"),

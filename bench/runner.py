@@ -139,6 +139,7 @@ class Load:
         return {
             "sent": sum(r["sent"] for r in replies),
             "seconds": (max(r["ended_ns"] for r in replies) - min(r["began_ns"] for r in replies)) / 1e9,
+            "ended_ns": max(r["ended_ns"] for r in replies),
             "load_cpu_seconds": sum(r["cpu_seconds"] for r in replies),
             "peers_failed": sum(r["peers_failed"] for r in replies),
         }

@@ -242,12 +242,17 @@ async def events(b: Bench, p: Params) -> Result:
     steps = []
     try:
         await _connect(load, p, "ev-", p.event_peers)
-        for rate in p.event_rates:
+        for rate in sorted(p.event_rates, key=lambda r: r or math.inf):  # flat out (0) last
             start = await b.kafka.end_offsets(topics.file_hash)
             before, broker_before = machine.sample(edge.pid), _sample_or_none(b.broker_pid)
             sent = await load.send(rate, p.step_sec)
             after, broker_after = machine.sample(edge.pid), _sample_or_none(b.broker_pid)
-            end = await b.kafka.wait_count(topics.file_hash, start, sent["sent"], timeout=60 + p.step_sec)
+            # Flat out, the edge holds a backlog (up to a stream window per peer) that could take minutes
+            # to drain: its rate is taken from what it appended while the peers were sending and for one
+            # step after (saturated throughout, as long as a backlog remains: see "backlog_left").
+            flat_out = rate == 0
+            end = await b.kafka.wait_count(topics.file_hash, start, sent["sent"],
+                                           timeout=p.step_sec if flat_out else 60 + p.step_sec)
             records = await b.kafka.read(topics.file_hash, start, end)
             latencies = [r.append_ms - wire.stamp_of(json.loads(r.value)["request_id"]) / 1e6 for r in records]
             steps.append({
@@ -255,6 +260,8 @@ async def events(b: Bench, p: Params) -> Result:
                 "sent": sent["sent"],
                 "sent_rate": sent["sent"] / sent["seconds"],
                 "delivered": len(records),
+                "not_delivered_in_time": 0 if flat_out else sent["sent"] - len(records),
+                "backlog_left": sent["sent"] - len(records) if flat_out else 0,
                 "delivered_rate": stats.steady_rate([r.append_ms / 1000 for r in records]),
                 "latency_ms": stats.summarize(latencies),
                 "edge_cpu_share": machine.cpu_share(before, after, sent["seconds"]),
@@ -272,9 +279,9 @@ async def events(b: Bench, p: Params) -> Result:
     floor_p50 = sink["latency_ms"]["p50"] + produce["latency_ms"]["p50"]
     floor_p99 = sink["latency_ms"]["p99"] + produce["latency_ms"]["p99"]
     best = max((s["delivered_rate"] for s in steps if not math.isnan(s["delivered_rate"])), default=math.nan)
-    lost = sum(s["sent"] - s["delivered"] for s in steps)
+    late = sum(s["not_delivered_in_time"] for s in steps)
     figures = [Figure("events: throughput to Kafka (max)", best, "ev/s", limit, ">= 0.7 x raw",
-                      at_least(0.7)(stats.ratio(best, limit)), note=f"lost {lost}")]
+                      at_least(0.7)(stats.ratio(best, limit)), note=f"{late} paced events not in Kafka in time")]
     for s in steps:
         if s["offered_rate"] != "max":
             figures += [
