@@ -20,6 +20,8 @@ from edge.convert import make_env_converter
 PEER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+#: PEER_AUTH_MODE values (edge.peers.auth.AuthMode); see docs/security.md.
+PEER_AUTH_MODES: Final = ("none", "mtls", "token", "mtls_or_token")
 
 
 class ConfigError(Exception):
@@ -81,6 +83,11 @@ def _one_of(*choices: str) -> Any:
 
 def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
+        raise _invalid(attribute, value)
+
+
+def _session_timeout(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 1 <= value <= 300:
         raise _invalid(attribute, value)
 
 
@@ -158,6 +165,44 @@ class Settings:
         "GRPC_MAX_CONCURRENT_STREAMS", 100, "a whole number above 0 (streams per connection)", _positive
     )
 
+    # Peer identity and abuse limits (docs/security.md)
+    peer_auth_mode: str = _setting(
+        "PEER_AUTH_MODE", "token", "one of " + ", ".join(PEER_AUTH_MODES), _one_of(*PEER_AUTH_MODES)
+    )
+    grpc_client_ca_path: Path | None = _setting(
+        "GRPC_CLIENT_CA_PATH", None, "a path to PEM CA certificates that sign peer certificates (empty: none)"
+    )
+    peer_token_hmac_secret_path: Path | None = _setting(
+        "PEER_TOKEN_HMAC_SECRET_PATH", None, "a path to a file of HS256 secrets, one per line (empty: none)"
+    )
+    peer_token_ed25519_public_key_path: Path | None = _setting(
+        "PEER_TOKEN_ED25519_PUBLIC_KEY_PATH", None, "a path to PEM Ed25519 public keys (empty: none)"
+    )
+    peer_token_audience: str = _setting(
+        "PEER_TOKEN_AUDIENCE", "", "the aud tokens must carry (empty: aud not checked)"
+    )
+    peer_token_leeway_sec: float = _setting(
+        "PEER_TOKEN_LEEWAY_SEC", 30.0, "seconds, 0 or more, of clock skew allowed on exp and nbf", _non_negative
+    )
+    peer_registration_rate_per_address: float = _setting(
+        "PEER_REGISTRATION_RATE_PER_ADDRESS",
+        10.0,
+        "new streams per second per source address, 0 or more (0: no limit)",
+        _non_negative,
+    )
+    peer_registration_burst_per_address: int = _setting(
+        "PEER_REGISTRATION_BURST_PER_ADDRESS", 50, "a whole number of streams above 0", _positive
+    )
+    peer_message_rate: float = _setting(
+        "PEER_MESSAGE_RATE", 100.0, "messages per second per peer, above 0", _positive
+    )
+    peer_message_burst: int = _setting(
+        "PEER_MESSAGE_BURST", 1000, "a whole number of messages above 0", _positive
+    )
+    max_unregistered_streams: int = _setting(
+        "MAX_UNREGISTERED_STREAMS", 1000, "a whole number above 0 (streams not registered yet)", _positive
+    )
+
     # Kafka
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "comma-separated host:port list"
@@ -199,6 +244,21 @@ class Settings:
     )
     kafka_request_timeout_sec: float = _setting(
         "KAFKA_REQUEST_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", _positive
+    )
+    kafka_max_pending_commands: int = _setting(
+        "KAFKA_MAX_PENDING_COMMANDS",
+        1000,
+        "a whole number of commands above 0 (read and not yet settled, held ones aside)",
+        _positive,
+    )
+    kafka_commit_interval_ms: int = _setting(
+        "KAFKA_COMMIT_INTERVAL_MS", 500, "a whole number of milliseconds above 0", _positive
+    )
+    kafka_session_timeout_sec: float = _setting(
+        "KAFKA_SESSION_TIMEOUT_SEC",
+        10.0,
+        "seconds from 1 to 300 (the broker's group.min/max.session.timeout.ms must allow it)",
+        _session_timeout,
     )
     kafka_create_topics: bool = _setting("KAFKA_CREATE_TOPICS", True, "true or false")
     kafka_topic_partitions: int = _setting(
@@ -269,9 +329,17 @@ def _make_converter() -> cattrs.Converter:
     converter = make_env_converter()
     converter.register_structure_hook(Address, lambda value, _t: value if isinstance(value, Address) else Address.parse(value))
     converter.register_structure_hook(Path, lambda value, _t: Path(value))
+    converter.register_structure_hook(Path | None, _optional_path)
     converter.register_unstructure_hook(Address, str)
     converter.register_unstructure_hook(Path, str)
     return converter
+
+
+def _optional_path(value: Any, _type: type) -> Path | None:
+    if value is None or isinstance(value, Path):
+        return value
+    text = str(value).strip()
+    return Path(text) if text else None
 
 
 _CONVERTER: Final = _make_converter()
@@ -314,10 +382,12 @@ def _first_failing_field(group: cattrs.ClassValidationError) -> str:
 
 
 def settings_for_tests(**overrides: Any) -> Settings:
-    """Settings with defaults suited to in-process tests: plaintext, port 0, loopback."""
+    """Settings with defaults suited to in-process tests: plaintext, port 0, loopback, and no peer
+    authentication (tests of identity set PEER_AUTH_MODE themselves)."""
     base: dict[str, Any] = {
         "grpc_server_address": Address("127.0.0.1", 0),
         "grpc_use_tls": False,
+        "peer_auth_mode": "none",
     }
     base.update(overrides)
     return Settings(**base)

@@ -1,8 +1,8 @@
 """The one cattrs converter of the edge.
 
 `make_converter()` is strict: it is what the Kafka JSON contract is parsed with, so a command whose
-`quantity` is the string "3" or whose `catalog_uuids` is a bare string is rejected with a precise path
-instead of being coerced. `make_env_converter()` adds on top of it the few string hooks that environment
+`quantity` is the string "3" or whose `catalog_uuids` is a bare string (or an object) is rejected with a
+precise path instead of being coerced. `make_env_converter()` adds on top of it the few string hooks that environment
 variables need (every value there is text).
 """
 
@@ -12,6 +12,7 @@ import datetime
 from typing import Any
 
 import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory, is_sequence, list_structure_factory
 from cattrs.preconf.json import make_converter as _make_json_converter
 
 
@@ -50,6 +51,22 @@ def _iso_datetime(value: Any, _type: type) -> datetime.datetime:
     return parsed
 
 
+def _json_array_hook(type_: Any, converter: cattrs.Converter) -> Any:
+    """Sequences come only from JSON arrays: cattrs alone would turn "abc" into ["a", "b", "c"]."""
+    origin = getattr(type_, "__origin__", type_)
+    if origin is tuple:
+        inner = homogenous_tuple_structure_factory(type_, converter)
+    else:
+        inner = list_structure_factory(type_, converter)
+
+    def structure(value: Any, target: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected an array, got {type(value).__name__}")
+        return inner(value, target)
+
+    return structure
+
+
 def _unstructure_datetime(value: datetime.datetime) -> str:
     return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -62,6 +79,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(datetime.datetime, _iso_datetime)
+    converter.register_structure_hook_factory(is_sequence, _json_array_hook)
     converter.register_unstructure_hook(datetime.datetime, _unstructure_datetime)
     return converter
 

@@ -3,12 +3,15 @@
 Task tree of `serve`; nesting is shutdown order, innermost first:
 
     serve                              trio-asyncio loop, event channel, registry
-      serve_kafka_bridge               (edge.kafka) producer; outlives the peer side
+      serve_kafka_bridge               (edge.kafka) producer, command consumer and router; outlives
+                                       the peer side; holds a clone of the event channel's send end
+                                       for dead letters
       serve_peers                      (edge.peers) gRPC server, one task per peer session
 
 Cancelling the scope around `serve` ends every session with reason `shutdown`; each queues its
-`disconnected` event, the peer side then closes the event channel, and the bridge, which keeps
-draining it under a shielded deadline, produces them before its Kafka clients close. A Trio program
+`disconnected` event, the peer side then closes its end of the event channel, the command consumer
+commits what is settled and closes its end, and the producer, which keeps draining the channel
+under a shielded deadline until every end is closed, produces them before its Kafka client closes. A Trio program
 embeds the edge with `port = await nursery.start(edge.serve, settings)` and stops it by cancelling
 that nursery.
 
@@ -34,6 +37,7 @@ import trio_asyncio
 from edge.config import Settings
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.kafka.state import KafkaState
+from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.records import OutboundRecord
@@ -57,18 +61,27 @@ async def serve(
     settings: Settings,
     *,
     now: Callable[[], datetime.datetime] = utc_now,
+    kafka_state: KafkaState | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the edge until cancelled. Reports the bound gRPC port through `task_status`."""
+    """Run the edge until cancelled. Reports the bound gRPC port through `task_status`.
+
+    `kafka_state`, if given, is kept up to date with the Kafka bridge's connections (readiness).
+    """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
+    admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
-    kafka = KafkaState()
+    kafka = kafka_state if kafka_state is not None else KafkaState()
+    dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(_log_asyncio_exception)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_kafka_bridge, settings, events_receive, registry, kafka)
-            port = await nursery.start(partial(serve_peers, config=grpc), settings, events_send, registry, now)
+            await nursery.start(
+                partial(serve_kafka_bridge, now=now), settings, events_receive, dead_letters, registry, kafka
+            )
+            peers = partial(serve_peers, config=grpc, admission=admission)
+            port = await nursery.start(peers, settings, events_send, registry, now)
             log.info("edge_started", edge_id=settings.edge_id, port=port)
             task_status.started(port)
     log.info("edge_stopped", edge_id=settings.edge_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -28,11 +28,18 @@ class DisconnectReason(str, enum.Enum):
 
 @attrs.frozen
 class OutboundRecord:
-    """One record to produce. `key` is the peer id (None only for dead letters of unknown peers)."""
+    """One record to produce. `key` is the peer id (None only for dead letters of unknown peers).
+
+    `on_ack`, if given, is called by the producer once the broker has acknowledged the record
+    (acks=all), never before and never for a record that was not produced. The command path uses it
+    to commit a dead-lettered command's offset only once its dead letter is safely in Kafka. It must
+    not block or raise.
+    """
 
     topic: str
     key: str | None
     value: Mapping[str, Any]
+    on_ack: Callable[[], None] | None = attrs.field(default=None, eq=False, repr=False, kw_only=True)
 
     def encode_key(self) -> bytes | None:
         return None if self.key is None else self.key.encode("utf-8")

@@ -17,16 +17,41 @@ from edge.proto import CONNECT_PATH, pb
 _END = object()
 
 
-class GrpcioPeer:
-    """One `Connect` stream from a grpcio channel of its own."""
+#: One TCP connection per channel (grpcio otherwise may share one between identical channels).
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
 
-    def __init__(self, port: int, *, root_certificates: bytes | None, metadata=(), compression=None) -> None:
+
+class GrpcioPeer:
+    """One `Connect` stream from a grpcio channel of its own (or of `channel=`, shared; not closed here).
+
+    `client_certificate=(private_key_pem, certificate_chain_pem)` presents a TLS client certificate;
+    `own_connection=True` keeps this channel off grpcio's shared subchannel pool.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        root_certificates: bytes | None,
+        metadata=(),
+        compression=None,
+        client_certificate: tuple[bytes, bytes] | None = None,
+        own_connection: bool = False,
+        channel=None,
+    ) -> None:
         target = f"localhost:{port}"
-        if root_certificates is None:
-            self.channel = grpc.insecure_channel(target)
+        self._owns_channel = channel is None
+        options = [OWN_CONNECTION] if own_connection else []
+        if channel is not None:
+            self.channel = channel
+        elif root_certificates is None:
+            self.channel = grpc.insecure_channel(target, options=options)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.secure_channel(target, credentials)
+            key, chain = client_certificate if client_certificate is not None else (None, None)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=key, certificate_chain=chain
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self._requests: queue.Queue = queue.Queue()
         connect = self.channel.stream_stream(
             CONNECT_PATH,
@@ -63,7 +88,8 @@ class GrpcioPeer:
     def close(self) -> None:
         self._requests.put(_END)
         self.call.cancel()
-        self.channel.close()
+        if self._owns_channel:
+            self.channel.close()
 
     async def receive(self, timeout: float = 10.0) -> pb.EdgeMessage | None:
         """The next EdgeMessage, or None once the server ended the stream."""

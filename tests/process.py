@@ -25,10 +25,21 @@ class EdgeProcess:
         self._new_line = trio.Event()
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery, *args: str, env: dict[str, str], cwd: Path) -> EdgeProcess:
+    async def start(
+        cls, nursery: trio.Nursery, *args: str, env: dict[str, str], cwd: Path, peer_auth_mode: str | None = "none"
+    ) -> EdgeProcess:
+        """Start `python -m edge *args`. Peers register without proof (PEER_AUTH_MODE=none) unless the
+        test says otherwise; `peer_auth_mode=None` leaves the edge's own default in force."""
+        auth = {} if peer_auth_mode is None else {"PEER_AUTH_MODE": peer_auth_mode}
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "edge", *args],
-            env={**BASE_ENV, "LOG_FORMAT": "json", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env},
+            env={
+                **BASE_ENV,
+                "LOG_FORMAT": "json",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                **auth,
+                **env,
+            },
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -57,6 +57,17 @@ PARSED = {
     "GRPC_MAX_WORKERS": ("64", 64),
     "GRPC_MAX_MESSAGE_BYTES": ("1048576", 1048576),
     "GRPC_MAX_CONCURRENT_STREAMS": ("8", 8),
+    "PEER_AUTH_MODE": ("mtls_or_token", "mtls_or_token"),
+    "GRPC_CLIENT_CA_PATH": ("/etc/edge/peers-ca.pem", Path("/etc/edge/peers-ca.pem")),
+    "PEER_TOKEN_HMAC_SECRET_PATH": ("/run/secrets/peer-token", Path("/run/secrets/peer-token")),
+    "PEER_TOKEN_ED25519_PUBLIC_KEY_PATH": ("/etc/edge/token.pub", Path("/etc/edge/token.pub")),
+    "PEER_TOKEN_AUDIENCE": ("edge.example", "edge.example"),
+    "PEER_TOKEN_LEEWAY_SEC": ("5", 5.0),
+    "PEER_REGISTRATION_RATE_PER_ADDRESS": ("0", 0.0),
+    "PEER_REGISTRATION_BURST_PER_ADDRESS": ("5", 5),
+    "PEER_MESSAGE_RATE": ("20.5", 20.5),
+    "PEER_MESSAGE_BURST": ("40", 40),
+    "MAX_UNREGISTERED_STREAMS": ("7", 7),
     "KAFKA_BOOTSTRAP_SERVERS": ("k1:9092,k2:9092", "k1:9092,k2:9092"),
     "KAFKA_GROUP_ID": ("edges", "edges"),
     "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN": ("cmd.{}", "cmd.{}"),
@@ -71,6 +82,9 @@ PARSED = {
     "KAFKA_EVENT_BUFFER_SIZE": ("100", 100),
     "KAFKA_PRODUCE_BATCH_SIZE": ("10", 10),
     "KAFKA_REQUEST_TIMEOUT_SEC": ("5", 5.0),
+    "KAFKA_MAX_PENDING_COMMANDS": ("50", 50),
+    "KAFKA_COMMIT_INTERVAL_MS": ("200", 200),
+    "KAFKA_SESSION_TIMEOUT_SEC": ("6", 6.0),
     "KAFKA_CREATE_TOPICS": ("no", False),
     "KAFKA_TOPIC_PARTITIONS": ("12", 12),
     "KAFKA_TOPIC_REPLICATION_FACTOR": ("3", 3),
@@ -99,6 +113,16 @@ BAD = {
     "RETRY_MAX_RETRIES": "-2",
     "RETRY_JITTER_FACTOR": "1.5",
     "SCREENSHOT_MAX_BYTES": "lots",
+    "KAFKA_MAX_PENDING_COMMANDS": "0",
+    "KAFKA_COMMIT_INTERVAL_MS": "-5",
+    "KAFKA_SESSION_TIMEOUT_SEC": "0.5",
+    "PEER_AUTH_MODE": "password",
+    "PEER_TOKEN_LEEWAY_SEC": "-1",
+    "PEER_REGISTRATION_RATE_PER_ADDRESS": "-5",
+    "PEER_REGISTRATION_BURST_PER_ADDRESS": "0",
+    "PEER_MESSAGE_RATE": "0",
+    "PEER_MESSAGE_BURST": "many",
+    "MAX_UNREGISTERED_STREAMS": "0",
 }
 
 
@@ -145,6 +169,17 @@ def test_max_delay_below_initial_is_rejected():
     with pytest.raises(ConfigError) as caught:
         load_settings({"RETRY_INITIAL_DELAY_MS": "500", "RETRY_MAX_DELAY_MS": "100"})
     assert caught.value.variable == "RETRY_MAX_DELAY_MS"
+
+
+def test_security_defaults():
+    """Peers must prove their id by default; unset key paths are None, not the current directory."""
+    settings = load_settings({"GRPC_CLIENT_CA_PATH": "", "PEER_TOKEN_HMAC_SECRET_PATH": "  "})
+    assert settings.peer_auth_mode == "token"
+    assert settings.grpc_client_ca_path is None and settings.peer_token_hmac_secret_path is None
+    assert settings.peer_token_ed25519_public_key_path is None and settings.peer_token_audience == ""
+    assert (settings.peer_registration_rate_per_address, settings.peer_registration_burst_per_address) == (10.0, 50)
+    assert (settings.peer_message_rate, settings.peer_message_burst) == (100.0, 1000)
+    assert settings.max_unregistered_streams == 1000 and settings.max_catalog_size == 100000
 
 
 def test_derived_topic_names_use_the_edge_id():

@@ -1,10 +1,14 @@
 """The README's run command on a fresh directory: `python -m edge run --embedded-kafka --dev-certs`
-starts its own broker and development certificates; a grpcio peer registers over TLS and hangs up, and
-both lifecycle events are read back from the embedded broker; SIGTERM then exits 0."""
+starts its own broker, development certificates and a development token secret; a grpcio peer without
+a token is refused (UNAUTHENTICATED), one with a token from `python -m edge token` registers over TLS and
+hangs up, and both lifecycle events (of the authenticated peer only) are read back from the embedded
+broker; SIGTERM then exits 0."""
 
 from __future__ import annotations
 
 import signal
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,7 +16,7 @@ import trio
 
 from tests.grpcio_peer import GrpcioPeer
 from tests.kafka.client import consume_records
-from tests.process import EdgeProcess
+from tests.process import BASE_ENV, EdgeProcess
 
 pytestmark = pytest.mark.kafka
 
@@ -26,12 +30,29 @@ async def test_quickstart_slice_through_embedded_broker(tmp_path):
             "--dev-certs",
             env={"GRPC_SERVER_ADDRESS": "127.0.0.1:0", "EDGE_ID": "quickstart"},
             cwd=tmp_path,
+            peer_auth_mode=None,  # the README command as written: the default (token) applies
         )
         try:
             bootstrap = (await edge.wait_event("embedded_kafka_started"))["bootstrap"]
             port = (await edge.wait_event("edge_started"))["port"]
             root = (tmp_path / "certs" / "ca.crt").read_bytes()
-            peer = GrpcioPeer(port, root_certificates=root)
+            assert edge.count("peer_auth_disabled") == 0
+            stranger = GrpcioPeer(port, root_certificates=root)
+            try:
+                stranger.register("quick-peer")
+                code, details = await stranger.wait_status(timeout=60)
+                assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details
+            finally:
+                stranger.close()
+            minted = await trio.run_process(
+                [sys.executable, "-m", "edge", "token", "--peer-id", "quick-peer"],
+                cwd=tmp_path,
+                env={**BASE_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+            token = minted.stdout.decode().strip()
+            peer = GrpcioPeer(port, root_certificates=root, metadata=[("authorization", f"Bearer {token}")])
             try:
                 peer.register("quick-peer")
                 reply = await peer.receive_kind("registration_response", timeout=60)
@@ -49,6 +70,9 @@ async def test_quickstart_slice_through_embedded_broker(tmp_path):
             ]
             edge.signal(signal.SIGTERM)
             assert await edge.wait_exit(timeout=60) == 0
+            secret = (tmp_path / "certs" / "peer-token.secret").read_text().strip()
+            logged = repr(edge.events)
+            assert token not in logged and token.split(".")[2] not in logged and secret not in logged
         finally:
             edge.kill()
         nursery.cancel_scope.cancel()

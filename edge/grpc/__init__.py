@@ -13,10 +13,12 @@ A handler is `async def handler(stream: ServerStream) -> Status | None`.
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.config import GrpcServerConfig
+from edge.grpc.connection import InboundMeter
 from edge.grpc.errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolViolation,
+    RateLimited,
     StreamError,
     StreamReset,
     UnsupportedEncoding,
@@ -30,8 +32,10 @@ __all__ = [
     "GrpcServerConfig",
     "GrpcServerStats",
     "Handler",
+    "InboundMeter",
     "MessageTooLarge",
     "ProtocolViolation",
+    "RateLimited",
     "ServerStream",
     "Status",
     "StatusCode",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Final
 
 import attrs
 from attrs import validators as v
 
-from edge.grpc.connection import MAX_WINDOW, ProtocolLimits
+from edge.grpc.connection import MAX_WINDOW, InboundMeter, ProtocolLimits
 from edge.grpc.framing import MAX_FRAMED_LENGTH
 
 #: Per-stream HTTP/2 receive window. Small next to a message: bytes are acknowledged as they are
@@ -51,6 +52,9 @@ class GrpcServerConfig:
     max_header_list_bytes: int = attrs.field(default=DEFAULT_MAX_HEADER_LIST_BYTES, validator=v.ge(1024))
     #: A connection whose socket accepts no bytes for this long is declared dead.
     write_stall_timeout: float = attrs.field(default=60.0, validator=_positive_float)
+    #: Makes each stream's inbound message meter, given the stream's start time (Trio time); over
+    #: its limit the stream fails with RateLimited (RESOURCE_EXHAUSTED). None: no per-stream rate limit.
+    message_meter: Callable[[float], InboundMeter] | None = attrs.field(default=None, eq=False)
 
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
@@ -59,4 +63,5 @@ class GrpcServerConfig:
             stream_inbound_queue=self.stream_inbound_queue,
             stream_window_bytes=self.stream_window_bytes,
             max_header_list_bytes=self.max_header_list_bytes,
+            message_meter=self.message_meter,
         )

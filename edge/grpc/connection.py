@@ -15,6 +15,11 @@ in this layer, what purerpc's server gets wrong (RISKS.md 1, 4, 5):
   never the connection;
 * windows, concurrent streams and header-list size come from `ProtocolLimits`, not purerpc's constants
   (64 MiB windows, 65,536 streams);
+* with `ProtocolLimits.message_meter`, every stream's messages are counted as they *arrive* (not as the
+  handler gets round to them) by a meter of the caller's; over its limit the stream fails with
+  `RateLimited` after the messages that arrived within it. Time during which the server itself held the
+  stream back (its queue full, acknowledgements withheld) is reported to the meter (`held`/`released`),
+  so a client is not blamed for the backlog a slow handler made it build;
 * late WINDOW_UPDATE/RST_STREAM frames for streams that already closed are dropped before h2 3.2 can
   turn them into a connection error (`_LateFrameSplitter`), and request headers are decoded per request,
   so non-UTF-8 metadata fails that call, not the connection. Client trailers and HEADERS-with-END_STREAM
@@ -32,7 +37,8 @@ from __future__ import annotations
 
 import collections
 import enum
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 import attrs
 import h2.events
@@ -47,12 +53,28 @@ from purerpc.grpclib.exceptions import ProtocolError as GrpcHeaderError
 from purerpc.grpclib.headers import HeaderDict
 from purerpc.grpclib.status import Status, StatusCode
 
-from edge.grpc.errors import ProtocolViolation, StreamError, StreamReset
+from edge.grpc.errors import ProtocolViolation, RateLimited, StreamError, StreamReset
 from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
 
 #: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
 H2_DEFAULT_WINDOW: Final = 65_535
 MAX_WINDOW: Final = 2**31 - 1
+
+
+class InboundMeter(Protocol):
+    """Counts one stream's inbound messages (times are the caller's clock, e.g. trio.current_time())."""
+
+    def message(self, now: float) -> bool:
+        """One message arrived; False if that is over the limit."""
+
+    def held(self, now: float) -> None:
+        """The server started holding the stream back (queue full)."""
+
+    def released(self, now: float) -> None:
+        """The server stopped holding it back."""
+
+    def exceeded_message(self) -> str:
+        """Text for the client once over the limit (no exception text: numbers and fixed words)."""
 
 
 @attrs.frozen
@@ -64,6 +86,8 @@ class ProtocolLimits:
     stream_inbound_queue: int
     stream_window_bytes: int
     max_header_list_bytes: int
+    #: Makes each stream's inbound meter (given the time the stream started); None: no rate limit.
+    message_meter: Callable[[float], InboundMeter] | None = None
 
     @property
     def connection_window_bytes(self) -> int:
@@ -162,6 +186,13 @@ class _InboundStream:
     remote_ended: bool = False
     reset_code: int | None = None
     failure: StreamError | None = None
+    meter: InboundMeter | None = None
+    held: bool = False  # acknowledgements withheld because the queue is full (meter told)
+    arrived: int = 0  # messages that arrived within the meter's limit
+    extracted: int = 0  # messages cut out of the parser into the queue
+    #: Once over the rate: deliver the first `cutoff` messages, then fail with `over_limit`.
+    cutoff: int | None = None
+    over_limit: StreamError | None = None
 
     @property
     def buffered(self) -> int:
@@ -282,6 +313,7 @@ class GrpcServerProtocol(GRPCConnection):
         self.max_stream_buffered_bytes = 0
         self.goaway_sent = False
         self.peer_went_away = False
+        self._now = 0.0  # the time given to the receive_data call being processed
         self._splitter = _LateFrameSplitter()
         super().__init__(
             GRPCConfiguration(
@@ -318,9 +350,10 @@ class GrpcServerProtocol(GRPCConnection):
 
     # ---- bytes in
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the socket. h2's ProtocolError (connection-fatal) propagates; h2 has then
-        already queued its GOAWAY."""
+    def receive_data(self, data: bytes, now: float = 0.0) -> list[Event]:
+        """Feed bytes from the socket that arrived at `now` (for message meters). h2's ProtocolError
+        (connection-fatal) propagates; h2 has then already queued its GOAWAY."""
+        self._now = now
         events: list[Event] = []
         try:
             for piece, late_frame_stream in self._splitter.split(data):
@@ -361,8 +394,10 @@ class GrpcServerProtocol(GRPCConnection):
             message_encoding=parsed.message_encoding,
             timeout=timeout,
         )
+        make_meter = self.limits.message_meter
         self._inbound[stream_id] = _InboundStream(
-            parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding)
+            parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding),
+            meter=make_meter(self._now) if make_meter is not None else None,
         )
         # With END_STREAM on the HEADERS, h2 also emits StreamEnded, handled by _stream_ended.
         return [RequestStarted(request)]
@@ -381,19 +416,24 @@ class GrpcServerProtocol(GRPCConnection):
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
             return []
-        if st.failure is not None or st.reset_code is not None:
+        if st.failure is not None or st.reset_code is not None or st.cutoff is not None:
             # Discarded. Not acknowledged, so the client stalls on this stream after one window; the
             # connection gets the bytes back when the stream is finished.
             st.withheld += length
             return []
         before = st.buffered
-        st.parser.feed(event.data)
+        arrived = st.parser.feed(event.data)
+        if arrived and st.meter is not None:
+            self._meter(st, arrived)
         self._extract(st)
-        if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None:
+        if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None and st.cutoff is None:
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
         else:
             st.withheld += length
+            if st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
+                st.held = True
+                st.meter.held(self._now)
         self._account(st, before)
         if st.queue or st.failure is not None:
             return [StreamReadable(stream_id)]
@@ -442,9 +482,28 @@ class GrpcServerProtocol(GRPCConnection):
 
     # ---- per-stream inbound state
 
+    def _meter(self, st: _InboundStream, arrived: int) -> None:
+        assert st.meter is not None
+        for _ in range(arrived):
+            if not st.meter.message(self._now):
+                st.cutoff = st.arrived
+                st.over_limit = RateLimited(st.meter.exceeded_message())
+                return
+            st.arrived += 1
+
+    @property
+    def every_stream_over_its_rate(self) -> bool:
+        """True when the connection has streams and every one was cut off by its message meter: nothing
+        more the client sends can be used, so the shell stops reading it."""
+        return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
+
     def _extract(self, st: _InboundStream) -> None:
         """Cut complete messages out of the raw bytes until the queue is full."""
         while st.failure is None and len(st.queue) < self.limits.stream_inbound_queue:
+            if st.cutoff is not None and st.extracted >= st.cutoff:
+                assert st.over_limit is not None
+                self._fail(st, st.over_limit)
+                return
             try:
                 message = st.parser.next_message()
             except StreamError as exc:
@@ -456,6 +515,7 @@ class GrpcServerProtocol(GRPCConnection):
                 return
             st.queue.append(message)
             st.queued_bytes += len(message)
+            st.extracted += 1
 
     def _fail(self, st: _InboundStream, exc: StreamError) -> None:
         # Messages queued before the bad one are still delivered; then the error.
@@ -474,10 +534,11 @@ class GrpcServerProtocol(GRPCConnection):
             self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
             st.withheld = 0
 
-    def next_message(self, stream_id: int) -> bytes | None | _Pending:
+    def next_message(self, stream_id: int, now: float | None = None) -> bytes | None | _Pending:
         """The next message body; None once the client half-closed and everything was handed out;
         NOT_READY if there is nothing yet. Raises StreamReset after RST_STREAM, and the stream's
-        StreamError (after the messages queued before it)."""
+        StreamError (after the messages queued before it). `now` (the caller's clock) tells the
+        stream's meter when the server stops holding the stream back."""
         st = self._inbound[stream_id]
         if st.reset_code is not None:
             raise StreamReset(st.reset_code)
@@ -486,9 +547,18 @@ class GrpcServerProtocol(GRPCConnection):
             message = st.queue.popleft()
             st.queued_bytes -= len(message)
             self._extract(st)
-            if st.withheld and st.failure is None and len(st.queue) < self.limits.stream_inbound_queue:
+            if (
+                st.withheld
+                and st.failure is None
+                and st.cutoff is None
+                and len(st.queue) < self.limits.stream_inbound_queue
+            ):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
+                if st.held and st.meter is not None:
+                    st.held = False
+                    if now is not None:
+                        st.meter.released(now)
             self._account(st, before)
             return message
         if st.failure is not None:

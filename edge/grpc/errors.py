@@ -95,6 +95,16 @@ class ProtocolViolation(StreamError):
         return self.detail
 
 
+class RateLimited(ProtocolViolation):
+    """The client sent messages on this stream faster than the server's `InboundMeter` allows."""
+
+    status_code = StatusCode.RESOURCE_EXHAUSTED
+
+    def client_message(self) -> str:
+        # `detail` comes from the meter, which builds it from its configured numbers only.
+        return self.detail
+
+
 class UnsupportedEncoding(ProtocolViolation):
     """A compressed message in a `grpc-encoding` this server does not implement."""
 

@@ -71,9 +71,13 @@ class MessageParser:
 
     `feed` only appends; `next_message` cuts out at most one message. The caller decides how many it
     wants (the stream's queue bound), so bytes it does not want yet stay raw, un-decompressed and counted.
+
+    `feed` also says how many messages the new bytes completed (their *arrival*, whether or not anyone
+    has asked for them yet), by reading length prefixes ahead of `next_message`: what a per-stream
+    message-rate limit counts.
     """
 
-    __slots__ = ("_buffer", "_compressed", "_encoding", "_length", "_limit")
+    __slots__ = ("_buffer", "_compressed", "_encoding", "_fed", "_length", "_limit", "_removed", "_scan_at", "_scan_end")
 
     def __init__(self, limit: int, encoding: str | None) -> None:
         self._limit = limit
@@ -81,6 +85,12 @@ class MessageParser:
         self._buffer = bytearray()
         self._length: int | None = None  # body length of the message in progress, once its prefix is in
         self._compressed = False
+        # Arrival scan, in offsets since the first byte fed: bytes fed, bytes cut from the buffer's head,
+        # the next prefix not yet read, and the end of the message whose prefix was read (None: none).
+        self._fed = 0
+        self._removed = 0
+        self._scan_at = 0
+        self._scan_end: int | None = None
 
     @property
     def buffered_bytes(self) -> int:
@@ -91,13 +101,31 @@ class MessageParser:
         """True when some bytes of a message have arrived but not all of them."""
         return self._length is not None or bool(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Append `data`; return how many messages it completed."""
         self._buffer += data
+        self._fed += len(data)
+        arrived = 0
+        while True:
+            if self._scan_end is None:
+                start = self._scan_at - self._removed
+                if start < 0 or len(self._buffer) - start < PREFIX_BYTES:
+                    return arrived
+                length = int.from_bytes(self._buffer[start + 1 : start + PREFIX_BYTES], "big")
+                self._scan_end = self._scan_at + PREFIX_BYTES + length
+            if self._fed < self._scan_end:
+                return arrived
+            arrived += 1
+            self._scan_at = self._scan_end
+            self._scan_end = None
 
     def discard(self) -> None:
         """Drop everything (the stream failed or was reset)."""
+        self._removed += len(self._buffer)
         self._buffer = bytearray()
         self._length = None
+        self._scan_at = self._removed  # == self._fed: nothing is left to scan
+        self._scan_end = None
 
     def next_message(self) -> bytes | None:
         """The next complete message body, decompressed; None if it has not all arrived yet.
@@ -115,12 +143,14 @@ class MessageParser:
             if length > self._limit:
                 raise MessageTooLarge(length, self._limit)
             del self._buffer[:PREFIX_BYTES]
+            self._removed += PREFIX_BYTES
             self._length = length
             self._compressed = flag == 1
         if len(self._buffer) < self._length:
             return None
         body = bytes(self._buffer[: self._length])
         del self._buffer[: self._length]
+        self._removed += self._length
         self._length = None
         if self._compressed:
             return decompress_bounded(body, self._encoding, self._limit)

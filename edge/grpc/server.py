@@ -16,6 +16,10 @@ Endings:
   stream of the connection; the socket is closed when the last handler has returned.
 * `serve_grpc` cancelled: listeners close first; handlers are cancelled and each open stream gets
   UNAVAILABLE "edge shutting down"; then GOAWAY and close, under `shutdown_grace`.
+* every stream of a connection over its message rate (`GrpcServerConfig.message_meter`): the reader
+  stops reading the socket at once (whatever else the client pushes is never parsed), the handlers
+  take the messages that arrived within the limit and then `RateLimited`, their statuses are sent
+  (within `shutdown_grace`), then GOAWAY and close.
 
 Boundaries: `except Exception` once per connection (`serve_grpc_connection`) and once per stream
 (`_call_handler`); Cancelled is never caught. A failing handler is logged with its traceback and its
@@ -253,12 +257,14 @@ class _Connection:
         self.protocol = GrpcServerProtocol(config.protocol_limits())
         self.max_message_bytes = config.max_message_bytes
         self._streams: dict[int, ServerStream] = {}
+        self._streams_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._initiated = False
         self._writer_wakeup = trio.Event()
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         self._send_scope: trio.CancelScope | None = None
+        self._send_lock = trio.Lock()  # held by the writer from taking bytes to sending them, and by _close
         self._close_deadline = math.inf
         self._transport_broken = False
         self._closed = False
@@ -362,15 +368,18 @@ class _Connection:
         # Only an established HTTP/2 connection gets a graceful close; a half-done TLS handshake would
         # otherwise be resumed by SSLStream.aclose.
         if self._initiated and not self._transport_broken:
+            if self._send_scope is not None:  # a write in flight: it must end by our deadline too
+                self._send_scope.deadline = min(self._send_scope.deadline, deadline)
             with trio.move_on_at(deadline, shield=True):
-                self.protocol.goaway()
-                data = self.protocol.data_to_send()
-                try:
-                    if data:
-                        await self._transport.send_all(data)
-                    await self._transport.aclose()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                async with self._send_lock:
+                    self.protocol.goaway()
+                    data = self.protocol.data_to_send()
+                    try:
+                        if data and not self._transport_broken:
+                            await self._transport.send_all(data)
+                        await self._transport.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
         # Whatever happened above, the socket is closed when this returns.
         self._closed = True
         await trio.aclose_forcefully(self._transport)
@@ -395,7 +404,7 @@ class _Connection:
             if not data:
                 return "closed by client", True
             try:
-                events = self.protocol.receive_data(data)
+                events = self.protocol.receive_data(data, now=trio.current_time())
             except h2.exceptions.ProtocolError as exc:
                 self._log.info("grpc_protocol_error", error=str(exc))
                 return "protocol error", False
@@ -432,6 +441,16 @@ class _Connection:
             self.wake_writer()
             if went_away:
                 return "client sent GOAWAY", True
+            if self.protocol.every_stream_over_its_rate:
+                await self._wait_streams_finished(self._config.shutdown_grace)
+                return "every stream over its message rate", False
+
+    async def _wait_streams_finished(self, timeout: float) -> None:
+        """Without reading: let the handlers end their streams (they need no more bytes), bounded."""
+        with trio.move_on_after(timeout):
+            while self._streams:
+                event = self._streams_changed
+                await event.wait()
 
     def _start_stream(self, request: Request) -> None:
         handler = self._routes.get(request.path)
@@ -541,6 +560,8 @@ class _Connection:
                 self._stats.streams_reset += 1
             stream_log.debug("grpc_stream_gone", reason=str(termination))
         stream._mark_finished()
+        self._streams_changed.set()
+        self._streams_changed = trio.Event()
         self._stats.streams_open -= 1
         self._report_buffered()
         self._stats.notify()
@@ -554,15 +575,18 @@ class _Connection:
     async def _writer_loop(self) -> None:
         with self._writer_scope:
             while True:
-                data = self.protocol.data_to_send(WRITE_CHUNK)
+                # Taking bytes and writing them is one step under the send lock, so `_close` (which
+                # takes the lock for the final flush) never overtakes bytes the writer already took.
+                async with self._send_lock:
+                    data = self.protocol.data_to_send(WRITE_CHUNK)
+                    event = self._writer_wakeup
+                    if data and not await self._send(data):
+                        return
                 if not data:
                     self._wake_drain_waiters()
-                    event = self._writer_wakeup
                     await event.wait()
                     self._writer_wakeup = trio.Event()
                     continue
-                if not await self._send(data):
-                    return
                 if self.protocol.pending_outbound_bytes <= OUTBOUND_HIGH_WATER:
                     self._wake_drain_waiters()
 

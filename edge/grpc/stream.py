@@ -84,7 +84,7 @@ class ServerStream:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._raise_if_unusable()
-            item = self._host.protocol.next_message(self.stream_id)
+            item = self._host.protocol.next_message(self.stream_id, now=trio.current_time())
             if item is not NOT_READY:
                 self._host.inbound_consumed()
                 # Schedule point that cannot be cancelled: the message is ours now, never drop it.

@@ -26,6 +26,7 @@ import trio
 from edge.config import Settings
 from edge.grpc import ServerStream, Status, StatusCode, StreamError
 from edge.peers import protocol
+from edge.peers.admission import Admission
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
 from edge.peers.session import Session
@@ -46,6 +47,8 @@ class PeerStreamHandler:
     registry: PeerRegistry
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
+    admission: Admission | None = None
 
     async def __call__(self, stream: ServerStream) -> Status:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
@@ -99,7 +102,10 @@ class PeerStreamHandler:
             return None, Status(StatusCode.INVALID_ARGUMENT, "stream ended before registration")
         try:
             first = protocol.decode_peer_message(data)
-            return first, protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
+            registration = protocol.parse_registration(first, max_catalog_size=self.settings.max_catalog_size)
+            if self.admission is not None:
+                self.admission.authorize(stream, registration)  # UNAUTHENTICATED / PERMISSION_DENIED
+            return first, registration
         except PeerProtocolError as error:
             log.info("peer_registration_refused", detail=error.message)
             await self._refuse(stream, first, error.message)

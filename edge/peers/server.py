@@ -24,7 +24,9 @@ import trio
 from edge.config import ConfigError, Settings
 from edge.grpc import GrpcServerConfig, serve_grpc
 from edge.grpc.tls import server_ssl_context
+from edge.peers.admission import Admission, apply_peer_tls, load_admission
 from edge.peers.handler import PeerStreamHandler
+from edge.peers.limits import message_meter_factory
 from edge.peers.registry import PeerRegistry
 from edge.proto import CONNECT_PATH
 from edge.records import OutboundRecord
@@ -49,6 +51,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
             raise ConfigError(
                 "GRPC_CERT_PATH", "a PEM certificate matching the PEM key at GRPC_KEY_PATH", str(settings.grpc_cert_path)
             ) from None
+        apply_peer_tls(ssl_context, settings)  # client certificates (PEER_AUTH_MODE)
     return GrpcServerConfig(
         host=settings.grpc_server_address.host,
         port=settings.grpc_server_address.port,
@@ -56,6 +59,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
         max_message_bytes=settings.grpc_max_message_bytes,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         shutdown_grace=settings.shutdown_timeout_sec,
+        message_meter=message_meter_factory(settings.peer_message_rate, settings.peer_message_burst),
     )
 
 
@@ -66,13 +70,18 @@ async def serve_peers(
     now: Callable[[], datetime.datetime],
     *,
     config: GrpcServerConfig | None = None,
+    admission: Admission | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`."""
+    """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
+
+    `config` and `admission` are built from `settings` (reading certificates and keys) unless given.
+    """
     config = config if config is not None else grpc_config(settings)
-    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now)
+    admission = admission if admission is not None else load_admission(settings, now)
+    handler = PeerStreamHandler(settings=settings, registry=registry, events=events, now=now, admission=admission)
     async with events:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_grpc, config, {CONNECT_PATH: handler})
+            port = await nursery.start(serve_grpc, config, {CONNECT_PATH: admission.guard(handler)})
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             task_status.started(port)

@@ -19,9 +19,9 @@ from typing import Any, Final, NamedTuple
 import structlog
 import trio
 import trio_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = structlog.get_logger(__name__)
 
@@ -188,6 +188,37 @@ async def _aio_consume(
     return records
 
 
+async def _aio_group_offsets(
+    bootstrap: str, group_id: str, topic: str, timeout: float
+) -> tuple[dict[int, tuple[int, str]], dict[int, int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            await consumer.start()
+            [described] = await admin.describe_topics([topic])
+            partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+            ends = await consumer.end_offsets(partitions)
+            found = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    committed = {tp.partition: (meta.offset, meta.metadata) for tp, meta in found.items() if meta.offset >= 0}
+    return committed, {tp.partition: offset for tp, offset in ends.items()}
+
+
+async def _aio_topic_partitions(bootstrap: str, topic: str, timeout: float) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in described["partitions"])
+
+
 # --- Trio side -------------------------------------------------------------------------------
 
 
@@ -249,3 +280,30 @@ async def consume_records(
         decode_json,
         session_timeout_ms,
     )
+
+
+async def group_offsets(
+    bootstrap: str, group_id: str, topic: str, *, timeout: float = DEFAULT_TIMEOUT_SEC
+) -> tuple[dict[int, tuple[int, str]], dict[int, int]]:
+    """({partition: (committed offset, metadata)}, {partition: end offset}) of `group_id` on `topic`."""
+    return await _in_loop(timeout, _aio_group_offsets, bootstrap, group_id, topic, timeout)
+
+
+async def topic_partitions(bootstrap: str, topic: str, *, timeout: float = DEFAULT_TIMEOUT_SEC) -> list[int]:
+    """The partition numbers of an existing topic."""
+    return await _in_loop(timeout, _aio_topic_partitions, bootstrap, topic, timeout)
+
+
+async def wait_until_committed(
+    bootstrap: str, group_id: str, topic: str, *, timeout: float = DEFAULT_TIMEOUT_SEC
+) -> dict[int, tuple[int, str]]:
+    """Poll (every 0.2 s, under `timeout`) until the group has committed every partition's end offset."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                committed, ends = await group_offsets(bootstrap, group_id, topic)
+            except KafkaError:  # e.g. the group coordinator is still loading: ask again
+                committed, ends = {}, {}
+            if ends and all(committed.get(p, (-1, ""))[0] == end for p, end in ends.items() if end > 0):
+                return committed
+            await trio.sleep(0.2)

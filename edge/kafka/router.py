@@ -1,0 +1,364 @@
+"""The command router: valid commands -> the right peer's outbound channel, retried, in order.
+
+    CommandRouter.serve            owns its clone of the event channel's send end (for dead letters)
+      one task per peer with       the peer's line: a FIFO of its commands, in topic order
+      commands waiting
+
+What it guarantees:
+- Per-peer order. A peer's commands are offered one at a time, in the order they were read; the next
+  is offered only once the one before was written to the peer's stream or dead-lettered.
+- Isolation. Each peer has its own line and task, so a peer that is away, slow or stuck delays only its
+  own commands. GRPC_MAX_WORKERS bounds the deliveries in progress at once (an offer and the wait for
+  its write), over all peers; waiting out a backoff holds no slot.
+- Retries (SPEC section 3). A failed attempt (no live session, a full outbound channel, a session that
+  ended before the write, a write not done within `write_timeout`) is retried after
+  `RetryPolicy.delay(n, u)`. A command's clock starts when it is read, not when it reaches the head of
+  its line: when an attempt for a peer fails, every command of that peer whose retry is due counts the
+  failure too. So a burst of commands for a peer that is away is dead-lettered after one retry span,
+  not one span per command, and cannot pin the consumer's window for long. After 1 + RETRY_MAX_RETRIES
+  attempts a command is dead-lettered with the reason of its last failure (`peer_not_connected`, or
+  `delivery_failed` for a full channel, a failed or timed-out write).
+- Held commands. A command with `expires_at` is retried (the same delays, which reach the cap and stay
+  there) until it is delivered or expires (`expired`). At most RETRY_MAX_HELD_COMMANDS are held at
+  once; one more is dead-lettered at once as `delivery_failed`.
+- A write that timed out is not offered again while its session lives: the same Delivery is awaited
+  on the next attempt, so a slow peer does not get the command twice. (If it is finally written after
+  the command was dead-lettered, the peer sees a command the backend was told failed: request_id
+  deduplication covers it; see docs/kafka.md.)
+- Settling. A delivered command's ticket is settled at once; a dead-lettered one when the broker
+  acknowledged its dead letter (`OutboundRecord.on_ack`). Only settled records are committed.
+- Revocation. `abandon(partitions)` drops every waiting command of those partitions: their new owner
+  (often this edge again) reads them from the last commit.
+
+Time is Trio time only (MockClock drives every retry in tests); `expires_at` is turned into a Trio
+deadline once, when the command is read, from the injected wall clock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random as _random
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Final, Protocol
+
+import attrs
+import structlog
+import trio
+
+from edge.config import Settings
+from edge.convert import timestamp
+from edge.kafka.backoff import RandomSource, RetryPolicy
+from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
+from edge.kafka.offsets import Partition, Ticket
+from edge.peers.session import Delivery, SessionGone
+from edge.records import OutboundRecord
+
+log = structlog.get_logger(__name__)
+
+#: How long one attempt waits for an offered command to be written to the peer's stream.
+WRITE_TIMEOUT_SEC: Final = 5.0
+
+
+class PeerSession(Protocol):
+    def offer(self, delivery: Delivery) -> None: ...
+
+
+class PeerDirectory(Protocol):
+    """What the router needs of the peer registry."""
+
+    def lookup(self, peer_id: str) -> PeerSession | None: ...
+
+
+Failure = tuple[Reason, str]
+
+
+@attrs.define(eq=False)
+class _Pending:
+    command: Command
+    ticket: Ticket
+    next_due: float
+    expires: float | None
+    attempts: int = 0
+    held: bool = False
+    abandoned: bool = False
+    delivery: Delivery | None = None
+    delivery_session: PeerSession | None = None
+
+
+@attrs.define(eq=False)
+class _Line:
+    """One peer's commands, in topic order, and the event that wakes its task."""
+
+    peer_id: str
+    queue: deque[_Pending] = attrs.field(factory=deque)
+    wake: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define
+class RouterStats:
+    delivered: int = 0
+    dead_lettered: dict[str, int] = attrs.field(factory=dict)
+    retries: int = 0
+
+
+class CommandRouter:
+    """Routes commands to peers. Create it, `await nursery.start(router.serve)`, then `submit`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: PeerDirectory,
+        events: trio.MemorySendChannel[OutboundRecord],
+        settle: Callable[[Ticket], None],
+        now: Callable[[], datetime.datetime],
+        *,
+        random: RandomSource | None = None,
+        write_timeout: float = WRITE_TIMEOUT_SEC,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._events = events
+        self._settle = settle
+        self._now = now
+        self._random: RandomSource = random if random is not None else _random.Random().random
+        self._write_timeout = write_timeout
+        self._policy = RetryPolicy.from_settings(settings)
+        self._limiter = trio.CapacityLimiter(settings.grpc_max_workers)
+        self._max_held = settings.retry_max_held_commands
+        self._lines: dict[str, _Line] = {}
+        self._nursery: trio.Nursery | None = None
+        self._held = 0
+        self._waiting = 0
+        self.stats = RouterStats()
+
+    @property
+    def held(self) -> int:
+        """Commands with `expires_at` waiting for their peer after a failed attempt."""
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        """Commands in the lines, held ones included."""
+        return self._waiting
+
+    @property
+    def deliveries_in_progress(self) -> int:
+        return self._limiter.borrowed_tokens
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._events:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started()
+                    await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    # --- called by the consumer -------------------------------------------------------------------
+
+    def submit(self, command: Command, ticket: Ticket) -> None:
+        """Queue a command behind the peer's earlier ones. Never waits."""
+        if self._nursery is None:
+            raise RuntimeError("the router is not running")
+        now = trio.current_time()
+        expires = None
+        if command.expires_at is not None:
+            expires = now + (command.expires_at - self._now()).total_seconds()
+        pending = _Pending(command, ticket, next_due=now, expires=expires)
+        line = self._lines.get(command.peer_id)
+        if line is None:
+            line = self._lines[command.peer_id] = _Line(command.peer_id)
+            self._nursery.start_soon(self._serve_line, line, name=f"command-line-{command.peer_id}")
+        line.queue.append(pending)
+        self._waiting += 1
+        line.wake.set()
+
+    async def dead_letter(self, letter: DeadLetter, ticket: Ticket) -> None:
+        """Produce `letter`; its ticket is settled when the broker has acknowledged it."""
+        log.info(
+            "command_dead_lettered",
+            reason=letter.reason.value,
+            detail=letter.detail,
+            attempts=letter.attempts,
+            peer_id=letter.peer_id,
+            request_id=letter.request_id,
+            topic=letter.source.topic,
+            partition=letter.source.partition,
+            offset=letter.source.offset,
+        )
+        self.stats.dead_lettered[letter.reason.value] = self.stats.dead_lettered.get(letter.reason.value, 0) + 1
+        record = dead_letter_record(
+            letter,
+            edge_id=self._settings.edge_id,
+            topic=self._settings.deadletter_topic,
+            now=self._now(),
+            on_ack=partial(self._settle, ticket),
+        )
+        await self._events.send(record)  # waits while the event buffer is full (backpressure)
+
+    def abandon(self, partitions: Iterable[Partition]) -> int:
+        """Drop every waiting command read from `partitions` (revoked). Returns how many."""
+        gone = {(topic, partition) for topic, partition in partitions}
+        dropped = 0
+        for line in self._lines.values():
+            kept: deque[_Pending] = deque()
+            for pending in line.queue:
+                if pending.ticket.partition in gone:
+                    pending.abandoned = True
+                    self._forget(pending)
+                    dropped += 1
+                else:
+                    kept.append(pending)
+            if len(kept) != len(line.queue):
+                line.queue = kept
+                line.wake.set()
+        if dropped:
+            log.info("commands_abandoned", count=dropped, partitions=sorted(gone))
+        return dropped
+
+    # --- one peer's line ---------------------------------------------------------------------------
+
+    async def _serve_line(self, line: _Line) -> None:
+        structlog.contextvars.bind_contextvars(peer_id=line.peer_id)
+        reachable = False  # the last attempt for this peer succeeded: try the next command at once
+        try:
+            while line.queue:
+                await self._expire(line)
+                if not line.queue:
+                    break
+                now = trio.current_time()
+                if not reachable:
+                    wake_at = self._next_wake(line)
+                    if wake_at > now:
+                        line.wake = trio.Event()
+                        with trio.move_on_at(wake_at):
+                            await line.wake.wait()
+                        continue
+                head = line.queue[0]
+                failure = await self._attempt(line.peer_id, head)
+                if head.abandoned:
+                    reachable = False
+                    continue
+                if failure is None:
+                    head.attempts += 1
+                    line.queue.popleft()
+                    self._forget(head)
+                    self.stats.delivered += 1
+                    log.debug("command_delivered", request_id=head.command.request_id, attempts=head.attempts)
+                    self._settle(head.ticket)
+                    reachable = True
+                else:
+                    reachable = False
+                    await self._fail_due(line, failure)
+        finally:
+            if self._lines.get(line.peer_id) is line:
+                del self._lines[line.peer_id]
+
+    def _next_wake(self, line: _Line) -> float:
+        wake_at = min(pending.next_due for pending in line.queue)
+        expiries = [pending.expires for pending in line.queue if pending.expires is not None]
+        if expiries:
+            wake_at = min(wake_at, min(expiries))
+        return wake_at
+
+    async def _attempt(self, peer_id: str, pending: _Pending) -> Failure | None:
+        """One try at getting the head command written. None when it was."""
+        session = self._sessions.lookup(peer_id)
+        if pending.delivery is not None:
+            if pending.delivery.settled:
+                if pending.delivery.written:
+                    return None  # written after the last attempt gave up waiting
+                pending.delivery = None
+            elif session is not pending.delivery_session:
+                pending.delivery = None  # that session is gone; its channel drops the old offer
+        if session is None:
+            return Reason.PEER_NOT_CONNECTED, f"peer {peer_id} is not connected to this edge"
+        async with self._limiter:
+            if pending.delivery is None:
+                delivery = Delivery(pending.command.message)
+                try:
+                    session.offer(delivery)
+                except trio.WouldBlock:
+                    return Reason.DELIVERY_FAILED, "the peer's outbound queue stayed full"
+                except SessionGone:
+                    return Reason.PEER_NOT_CONNECTED, f"peer {peer_id} disconnected"
+                pending.delivery, pending.delivery_session = delivery, session
+            delivery = pending.delivery
+            with trio.move_on_after(self._write_timeout):
+                written = await delivery.wait()
+            if not delivery.settled:
+                return Reason.DELIVERY_FAILED, f"not written to the peer's stream within {self._write_timeout:g} s"
+            if written:
+                return None
+            pending.delivery = None
+            return Reason.DELIVERY_FAILED, "the peer's session ended before the command was written"
+
+    async def _fail_due(self, line: _Line, failure: Failure) -> None:
+        """Count a failed attempt for the head and every command of the line whose retry is due;
+        reschedule them, or dead-letter those out of retries."""
+        reason, detail = failure
+        now = trio.current_time()
+        letters: list[tuple[_Pending, Reason, str]] = []
+        for index, pending in enumerate(list(line.queue)):
+            if index > 0 and pending.next_due > now:
+                continue
+            pending.attempts += 1
+            if pending.expires is not None:
+                if not pending.held:
+                    if self._held >= self._max_held:
+                        letters.append(
+                            (
+                                pending,
+                                Reason.DELIVERY_FAILED,
+                                f"{detail}; not held for a retry: {self._max_held} commands are held already"
+                                " (RETRY_MAX_HELD_COMMANDS)",
+                            )
+                        )
+                        continue
+                    pending.held = True
+                    self._held += 1
+            elif pending.attempts > self._policy.max_retries:
+                letters.append((pending, reason, f"{detail} (after {pending.attempts} attempts)"))
+                continue
+            self.stats.retries += 1
+            pending.next_due = now + self._policy.delay(pending.attempts - 1, self._random())
+            log.debug(
+                "command_retry_scheduled",
+                request_id=pending.command.request_id,
+                attempts=pending.attempts,
+                retry_in=round(pending.next_due - now, 3),
+                reason=reason.value,
+            )
+        for pending, letter_reason, letter_detail in letters:
+            if pending.abandoned:
+                continue  # its partition was revoked while an earlier dead letter was being queued
+            self._remove(line, pending)
+            await self.dead_letter(undeliverable(pending.command, letter_reason, letter_detail, pending.attempts), pending.ticket)
+
+    async def _expire(self, line: _Line) -> None:
+        now = trio.current_time()
+        expired = [p for p in line.queue if p.expires is not None and p.expires <= now]
+        for pending in expired:
+            if pending.abandoned:
+                continue
+            self._remove(line, pending)
+            expires_at = pending.command.expires_at
+            shown = timestamp(expires_at) if expires_at is not None else "?"
+            detail = f"expired at {shown} before it could be delivered ({pending.attempts} attempts)"
+            await self.dead_letter(undeliverable(pending.command, Reason.EXPIRED, detail, pending.attempts), pending.ticket)
+
+    def _remove(self, line: _Line, pending: _Pending) -> None:
+        try:
+            line.queue.remove(pending)
+        except ValueError:
+            return  # abandoned meanwhile
+        self._forget(pending)
+
+    def _forget(self, pending: _Pending) -> None:
+        self._waiting -= 1
+        if pending.held:
+            pending.held = False
+            self._held -= 1

@@ -1,0 +1,92 @@
+"""Helpers for bridge tests against a real broker and real grpcio peers over TLS."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from edge.config import Settings, settings_for_tests
+from edge.proto import pb
+from tests.grpcio_peer import GrpcioPeer
+
+
+def bridge_settings(edge_id: str, bootstrap: str, tls_files: Any, idempotence: bool, **overrides: Any) -> Settings:
+    """Settings for an in-process edge whose topics and group are all its own."""
+    base: dict[str, Any] = dict(
+        edge_id=edge_id,
+        kafka_bootstrap_servers=bootstrap,
+        kafka_enable_idempotence=idempotence,
+        kafka_group_id=f"{edge_id}-group",
+        kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
+        kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
+        kafka_file_delete_responses_topic=f"{edge_id}-delete",
+        kafka_file_hash_responses_topic=f"{edge_id}-hash",
+        kafka_screenshot_capture_responses_topic=f"{edge_id}-shot",
+        kafka_file_remap_responses_topic=f"{edge_id}-remap",
+        kafka_session_timeout_sec=6.0,
+        kafka_request_timeout_sec=10.0,
+        kafka_commit_interval_ms=200,
+        grpc_use_tls=True,
+        grpc_cert_path=tls_files.cert_path,
+        grpc_key_path=tls_files.key_path,
+    )
+    base.update(overrides)
+    return settings_for_tests(**base)
+
+
+def command(peer_id: str, request_id: str, command_type: str = "file_delete", data: Any = None, **extra: Any) -> bytes:
+    document = {
+        "peer_id": peer_id,
+        "command_type": command_type,
+        "command_data": data if data is not None else {"catalog_uuids": [request_id]},
+        "request_id": request_id,
+        **extra,
+    }
+    return json.dumps(document).encode()
+
+
+class Collector:
+    """A registered grpcio peer and a task that keeps every non-heartbeat EdgeMessage it receives."""
+
+    def __init__(self, peer_id: str, port: int, ca_pem: bytes) -> None:
+        self.peer_id = peer_id
+        self.peer = GrpcioPeer(port, root_certificates=ca_pem)
+        self.messages: list[pb.EdgeMessage] = []
+        self.ended = trio.Event()
+        self._arrived = trio.Event()
+
+    @classmethod
+    async def connect(cls, nursery: trio.Nursery, peer_id: str, port: int, ca_pem: bytes) -> Collector:
+        collector = cls(peer_id, port, ca_pem)
+        collector.peer.register(peer_id, request_id=f"reg-{peer_id}")
+        reply = await collector.peer.receive_kind("registration_response", timeout=30)
+        assert reply.registration_response.success
+        nursery.start_soon(collector._collect)
+        return collector
+
+    async def _collect(self) -> None:
+        try:
+            while True:
+                message = await self.peer.receive(timeout=3600)
+                if message is None:
+                    return
+                if message.WhichOneof("payload") != "heartbeat":
+                    self.messages.append(message)
+                    self._arrived.set()
+                    self._arrived = trio.Event()
+        finally:
+            self.ended.set()
+
+    @property
+    def request_ids(self) -> list[str]:
+        return [m.request_id for m in self.messages]
+
+    async def wait_for(self, count: int, timeout: float = 60) -> None:
+        with trio.fail_after(timeout):
+            while len(self.messages) < count:
+                await self._arrived.wait()
+
+    def close(self) -> None:
+        self.peer.close()

@@ -1,0 +1,98 @@
+"""The consumer's own decisions, without a broker: the stall watch, the window, and the Trio deadline
+around aiokafka calls (RISKS 11) against a socket that accepts and never answers."""
+
+from __future__ import annotations
+
+import trio
+import trio_asyncio
+from aiokafka import TopicPartition
+
+import pytest
+
+from edge.config import settings_for_tests
+from edge.kafka.aio import AioConsumer, Progress
+from edge.kafka.consumer import CommandIntake, _cross, stalled_partitions
+from edge.kafka.offsets import OffsetTracker
+from edge.kafka.router import CommandRouter
+from edge.kafka.topics import ensure_topics
+from edge.records import OutboundRecord
+
+A, B = TopicPartition("cmd", 0), TopicPartition("cmd", 1)
+
+
+def test_stall_is_records_waiting_and_no_progress():
+    """Stalled: the position did not move between checks although the end offset is beyond it."""
+    after = Progress(positions={A: 10, B: 5}, ends={A: 12, B: 5})
+    assert stalled_partitions({A: 10, B: 5}, after) == [A]  # B has nothing waiting
+    assert stalled_partitions({A: 9, B: 5}, after) == []  # A moved
+    assert stalled_partitions({}, after) == []  # first check, or fetching was paused meanwhile
+
+
+def test_window_counts_unsettled_records_but_not_held_ones():
+    """KAFKA_MAX_PENDING_COMMANDS bounds records read and not settled; held commands have their own bound."""
+    tracker = OffsetTracker()
+    router = _RouterStandIn()
+    intake = CommandIntake(tracker, router, max_pending=2)  # type: ignore[arg-type]
+    intake.assigned(A, None)
+    first, _second = tracker.read(A, 0), tracker.read(A, 1)
+    assert intake.room() == 0
+    router.held = 1  # one of them is held for an absent peer
+    assert intake.room() == 1
+    router.held = 0
+    intake.settle(first)
+    assert intake.room() == 1
+    assert intake.revoked([A]) == {("cmd", 0): (1, "")} and intake.room() == 2
+    assert router.abandoned == [[A]]
+
+
+class _RouterStandIn:
+    def __init__(self) -> None:
+        self.held = 0
+        self.abandoned: list[list[TopicPartition]] = []
+
+    def abandon(self, partitions) -> int:
+        self.abandoned.append(list(partitions))
+        return 0
+
+
+class _NoPeers:
+    def lookup(self, peer_id):
+        return None
+
+
+async def _silent_broker(task_status=trio.TASK_STATUS_IGNORED):
+    """Accepts connections and never says a word."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+    task_status.started(listener.getsockname()[1])
+    try:
+        while True:
+            connection, _ = await listener.accept()
+            held.append(connection)
+    finally:
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("call", ["topic check", "consumer start"])
+async def test_aiokafka_calls_end_at_the_trio_deadline_when_the_broker_is_silent(call):
+    """A broker that accepts and never answers cannot hold the edge: the Trio deadline ends the call
+    (aiokafka's own 30 s timeout would come much later), and the asyncio side is cleaned up."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_silent_broker)
+        settings = settings_for_tests(kafka_bootstrap_servers=f"127.0.0.1:{port}", kafka_request_timeout_sec=30.0)
+        async with trio_asyncio.open_loop():
+            began = trio.current_time()
+            with pytest.raises(trio.TooSlowError):
+                if call == "topic check":
+                    await ensure_topics(settings, timeout=1.0)
+                else:
+                    tracker = OffsetTracker()
+                    send, _receive = trio.open_memory_channel[OutboundRecord](1)
+                    router = CommandRouter(settings, _NoPeers(), send, tracker.settle, lambda: None)
+                    await _cross(1.0, AioConsumer(settings, CommandIntake(tracker, router, 10)).start)
+            assert trio.current_time() - began < 5.0  # the deadline, plus asyncio's cleanup (RISKS 10)
+        nursery.cancel_scope.cancel()
