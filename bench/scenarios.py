@@ -61,9 +61,22 @@ SMALL = Params(
 )
 
 
+#: Admission settings of every edge under test (docs/performance.md, "Admission"): no authentication
+#: (its cost is not measured: the load generator's peers present neither client certificates nor
+#: tokens), no registration throttle per source address (every load peer comes from 127.0.0.1, so the
+#: default 10/s would be the connect rate), and a per-peer message rate far above what any step offers
+#: (the default 100/s per peer would cap 1,000 peers at 100,000 ev/s and meter every message anyway).
+BENCH_ADMISSION: dict[str, Any] = {
+    "peer_auth_mode": "none",
+    "peer_registration_rate_per_address": 0,
+    "peer_message_rate": 1_000_000,
+    "peer_message_burst": 1_000_000,
+}
+
+
 def _edge_settings(p: Params, peers: int) -> dict[str, Any]:
     return {"max_peers": max(10000, peers), "heartbeat_interval_sec": p.heartbeat_sec,
-            "peer_timeout_sec": 4 * p.heartbeat_sec}
+            "peer_timeout_sec": 4 * p.heartbeat_sec, **BENCH_ADMISSION}
 
 
 async def _connect(load: Load, p: Params, prefix: str, count: int) -> dict[str, Any]:
