@@ -5,6 +5,7 @@ examples:
   python -m bench all --small                          # every scenario at validation scale (~4 min)
   python -m bench capacity --peers 1000,5000,10000
   python -m bench events --rates 2000,5000,0 --profile py-spy
+  python -m bench events,commands,disconnect    # several scenarios, one broker, raw limits shared
 """
 
 from __future__ import annotations
@@ -35,12 +36,20 @@ def _numbers(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
 
 
+def _scenarios(text: str) -> str:
+    names = text.split(",")
+    if text != "all" and not all(name in ORDER for name in names):
+        raise argparse.ArgumentTypeError(f"not a scenario: {text!r} (choose from {', '.join(ORDER)} or all)")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.splitlines()[0],
         epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scenario", choices=(*ORDER, "all"))
+    parser.add_argument("scenario", type=_scenarios,
+                        help=f"one of {', '.join(ORDER)}, several joined by commas, or all")
     parser.add_argument("--small", action="store_true", help="validation scale: small counts, short steps")
     parser.add_argument("--peers", type=_numbers, help="capacity steps, e.g. 1000,5000,10000")
     parser.add_argument("--rates", type=_numbers, help="event rates per second, 0 = as fast as possible")
@@ -67,7 +76,7 @@ def params_from(args: argparse.Namespace) -> Params:
 
 async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, out: Path, bootstrap: str,
               broker_pid: int | None) -> dict[str, dict]:
-    names = ORDER if args.scenario == "all" else (args.scenario,)
+    names = ORDER if args.scenario == "all" else tuple(n for n in ORDER if n in args.scenario.split(","))
     if args.no_raw:
         names = tuple(n for n in names if n != "raw")
     results: dict[str, dict] = {}
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     machine.pin(cpus.load)  # the broker, load generators and profilers inherit this
     fd_limit = raise_fd_limit()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"{stamp}-{args.scenario}{'-small' if args.small else ''}"
+    out = RESULTS / f"{stamp}-{args.scenario.replace(',', '+')}{'-small' if args.small else ''}"
     out.mkdir(parents=True)
     write_dev_certificates(out / "certs")
     info = machine.machine_info()

@@ -52,8 +52,8 @@ class BenchKafka:
 
     async def _end_offsets(self, topic: str) -> Offsets:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
         try:
+            await consumer.start()
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             if not partitions:
                 await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh topic
@@ -65,13 +65,14 @@ class BenchKafka:
 
     async def wait_count(self, topic: str, start: Offsets, count: int, timeout: float) -> Offsets:
         """Wait until `count` records were appended after `start` (or `timeout` s); the end offsets."""
-        with trio.move_on_after(timeout):
-            while True:
-                end = await self.end_offsets(topic)
-                if _count(start, end) >= count:
-                    return end
-                await trio.sleep(0.25)
-        return await self.end_offsets(topic)
+        # The deadline is checked between calls, never by cancelling one: a Kafka client cancelled in
+        # its start() is left unclosed, and trio-asyncio raises that into the run's nursery.
+        deadline = trio.current_time() + timeout
+        while True:
+            end = await self.end_offsets(topic)
+            if _count(start, end) >= count or trio.current_time() >= deadline:
+                return end
+            await trio.sleep(0.25)
 
     async def read(self, topic: str, start: Offsets, end: Offsets) -> list[Record]:
         """Every record between `start` and `end` offsets (all partitions)."""
@@ -82,9 +83,9 @@ class BenchKafka:
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
             max_partition_fetch_bytes=16 * 2**20,
         )
-        await consumer.start()
         records: list[Record] = []
         try:
+            await consumer.start()
             wanted = {TopicPartition(topic, p): o for p, o in end.items() if o > start.get(p, 0)}
             if not wanted:
                 return records
