@@ -61,7 +61,7 @@ class BenchKafka:
             ends = await consumer.end_offsets(partitions)
             return {tp.partition: offset for tp, offset in ends.items()}
         finally:
-            await consumer.stop()
+            await _stop(consumer)
 
     async def wait_count(self, topic: str, start: Offsets, count: int, timeout: float) -> Offsets:
         """Wait until `count` records were appended after `start` (or `timeout` s); the end offsets."""
@@ -103,7 +103,7 @@ class BenchKafka:
                             del wanted[tp]
                             consumer.pause(tp)
         finally:
-            await consumer.stop()
+            await _stop(consumer)
         return records
 
     async def produce(self, topic: str, items: Sequence[tuple[str, bytes]], rate: float) -> dict[str, Any]:
@@ -127,6 +127,17 @@ class BenchKafka:
         finally:
             await producer.stop()
         return {"count": len(items), "seconds": sent - began}
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer. aiokafka's stop() can raise the CancelledError of its own internal task (its
+    committed-offsets routine) although nobody cancelled us: that one is swallowed, ours is not."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 def _count(start: Offsets, end: Offsets) -> int:

@@ -123,3 +123,22 @@ async def test_load_peer_registers_sends_and_resets_over_tls(tls_files, tmp_path
     assert len(received) == 2000
     assert commands == ["c1-1-5"]
     assert ending == ["StreamReset"]
+
+
+def test_scenario_argument_takes_one_several_or_all_and_rejects_unknown_names(capsys):
+    from bench.__main__ import parse_args
+
+    assert parse_args(["events,commands"]).scenario == "events,commands"
+    assert parse_args(["all"]).scenario == "all"
+    with pytest.raises(SystemExit):
+        parse_args(["events,nope"])
+    assert "not a scenario: 'events,nope'" in capsys.readouterr().err
+
+
+def test_edges_under_test_run_without_authentication_or_admission_limits():
+    from bench.scenarios import Params, _edge_settings
+
+    settings = _edge_settings(Params(), 1000)
+    assert settings["peer_auth_mode"] == "none"
+    assert settings["peer_registration_rate_per_address"] == 0
+    assert settings["peer_message_rate"] >= 1_000_000
