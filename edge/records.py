@@ -45,4 +45,9 @@ class OutboundRecord:
         return None if self.key is None else self.key.encode("utf-8")
 
     def encode_value(self) -> bytes:
-        return json.dumps(self.value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _JSON.encode(self.value).encode("utf-8")
+
+
+#: The encoder of every record value. json.dumps with options other than its defaults builds a new
+#: JSONEncoder per call; this one is built once (it holds no state between calls).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
