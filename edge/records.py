@@ -26,9 +26,14 @@ class DisconnectReason(str, enum.Enum):
     ERROR = "error"
 
 
+#: json.dumps with options other than its defaults builds a new JSONEncoder per call; this one is built
+#: once (it holds no state between calls).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(value: Any) -> bytes:
     """The one JSON encoding of record values: compact, UTF-8, non-ASCII kept as is."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _JSON.encode(value).encode("utf-8")
 
 
 @attrs.frozen

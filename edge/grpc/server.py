@@ -622,7 +622,11 @@ class _Connection:
 
     def inbound_consumed(self) -> None:
         self._report_buffered()
-        self.wake_writer()  # a WINDOW_UPDATE may be due
+        # Taking a message off a full queue may give back withheld window (a WINDOW_UPDATE to send).
+        # Most messages give back nothing: the writer is woken only when there is something to write,
+        # not once per message (a task switch and the send lock per inbound message otherwise).
+        if self.protocol.pending_outbound_bytes:
+            self.wake_writer()
 
     def output_blocked(self) -> bool:
         if self.protocol.pending_outbound_bytes > OUTBOUND_HIGH_WATER:

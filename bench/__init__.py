@@ -1,0 +1,18 @@
+"""Benchmarks of the edge against the raw limits of its own stack (`python -m bench --help`).
+
+    __main__.py   the command line: broker, certificates, cores; runs scenarios; table and JSON
+    scenarios.py  capacity, events, commands, disconnect, shutdown, and the raw limits they compare to
+    runner.py     what scenarios share: the broker, topics, edges and load-generator processes
+    edgeproc.py   the edge under test (`python -m edge run`), pinned, optionally profiled
+    loadgen.py    a load-generator process: thousands of peers, driven over stdin/stdout
+    wire.py       one lean peer: TLS + h2 + one Connect stream in one Trio task
+    raw_grpc.py   purerpc's own server with the same TLS and service, no edge logic
+    raw_kafka.py  aiokafka alone, under asyncio or trio-asyncio
+    kafka.py      the orchestrator's Kafka: LogAppendTime topics, reading back, producing commands
+    control.py    JSON lines between the orchestrator and its helper processes
+    machine.py    machine description, core pinning, CPU and RSS from /proc
+    stats.py      percentiles, steady-state rates, the composed stack limit (pure)
+    report.py     figures, the table, JSON
+
+Method and figures: docs/performance.md.
+"""

@@ -1,0 +1,154 @@
+"""`python -m bench SCENARIO|all [options]`: run benchmarks, print a table, write JSON to bench/results/.
+
+examples:
+  python -m bench all                                  # every scenario at full scale (~15 min)
+  python -m bench all --small                          # every scenario at validation scale (~4 min)
+  python -m bench capacity --peers 1000,5000,10000
+  python -m bench events --rates 2000,5000,0 --profile py-spy
+  python -m bench events,commands,disconnect    # several scenarios, one broker, raw limits shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import trio
+import trio_asyncio
+
+from bench import machine
+from bench.kafka import BenchKafka
+from bench.report import Figure, table, write_json
+from bench.runner import Bench, BenchBroker, raise_fd_limit
+from bench.scenarios import SCENARIOS, SMALL, Params
+from edge.certs import write_dev_certificates
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORDER = ("raw", "capacity", "events", "commands", "disconnect", "shutdown")
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def _scenarios(text: str) -> str:
+    names = text.split(",")
+    if text != "all" and not all(name in ORDER for name in names):
+        raise argparse.ArgumentTypeError(f"not a scenario: {text!r} (choose from {', '.join(ORDER)} or all)")
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", type=_scenarios,
+                        help=f"one of {', '.join(ORDER)}, several joined by commas, or all")
+    parser.add_argument("--small", action="store_true", help="validation scale: small counts, short steps")
+    parser.add_argument("--peers", type=_numbers, help="capacity steps, e.g. 1000,5000,10000")
+    parser.add_argument("--rates", type=_numbers, help="event rates per second, 0 = as fast as possible")
+    parser.add_argument("--duration", type=float, help="seconds per measured step")
+    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
+    parser.add_argument("--edge-cpus", help="cores for the edge, e.g. 0 (default: the first core)")
+    parser.add_argument("--load-cpus", help="cores for everything else (default: the other cores)")
+    parser.add_argument("--load-procs", type=int, help="load generator processes (default: one per load core)")
+    parser.add_argument("--profile", choices=("py-spy", "pyinstrument"), help="profile every edge; saved to the results")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-limit measurements (no ratios)")
+    return parser.parse_args(argv)
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    p = SMALL if args.small else Params()
+    if args.peers:
+        p = attrs.evolve(p, capacity_peers=tuple(int(n) for n in args.peers))
+    if args.rates:
+        p = attrs.evolve(p, event_rates=args.rates)
+    if args.duration:
+        p = attrs.evolve(p, step_sec=args.duration, half_rate_sec=args.duration)
+    return p
+
+
+async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, out: Path, bootstrap: str,
+              broker_pid: int | None) -> dict[str, dict]:
+    names = ORDER if args.scenario == "all" else tuple(n for n in ORDER if n in args.scenario.split(","))
+    if args.no_raw:
+        names = tuple(n for n in names if n != "raw")
+    results: dict[str, dict] = {}
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        bench = Bench(nursery, BenchKafka(bootstrap), out / "certs", cpus, out, args.load_procs or len(cpus.load),
+                      args.profile, broker_pid)
+        if args.no_raw:
+            bench.raw.update(_no_raw())
+        for name in names:
+            print(f"== {name}", file=sys.stderr)
+            began = time.monotonic()
+            try:
+                results[name] = await SCENARIOS[name](bench, params)
+            except Exception as error:  # noqa: BLE001 - one failed scenario must not lose the others' results
+                results[name] = {"error": f"{type(error).__name__}: {error}", "figures": [
+                    Figure(f"{name}: FAILED", None, "", note=f"{type(error).__name__}: {error}"[:120])]}
+                print(f"  {name} failed: {error!r}", file=sys.stderr)
+            results[name]["seconds"] = round(time.monotonic() - began, 1)
+            results[name]["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        nursery.cancel_scope.cancel()
+    return results
+
+
+def _no_raw() -> dict[str, dict]:
+    nothing = {"rate": float("nan"), "cpu_per_msg": 0.0, "cpu_per_record": 0.0,
+               "latency_ms": {"p50": float("nan"), "p99": float("nan")}}
+    return {"capacity": [], "grpc_sink": nothing, "grpc_source": nothing,
+            **{f"kafka_{m}_{loop}": nothing for m in ("produce", "consume") for loop in ("asyncio", "trio")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = params_from(args)
+    cpus = machine.CpuPlan.parse(args.edge_cpus, args.load_cpus)
+    machine.pin(cpus.load)  # the broker, load generators and profilers inherit this
+    fd_limit = raise_fd_limit()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}-{args.scenario.replace(',', '+')}{'-small' if args.small else ''}"
+    out.mkdir(parents=True)
+    write_dev_certificates(out / "certs")
+    info = machine.machine_info()
+    broker = None
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        broker = BenchBroker.create()
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        results = trio.run(run, args, params, cpus, out, bootstrap, broker.pid if broker else None)
+    finally:
+        if broker is not None:
+            broker.close()
+    figures = [f for name in results for f in results[name]["figures"]]
+    document = {
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "started": stamp,
+        "scale": "small (validation)" if args.small else "full",
+        "machine": info,
+        "cores": {**cpus.describe(), "load_procs": args.load_procs or len(cpus.load),
+                  "note": "edge (and bare servers) pinned to 'edge'; broker, load generators, orchestrator to 'load'"},
+        "open_files_limit": fd_limit,
+        "params": attrs.asdict(params),
+        "figures": figures,
+        "scenarios": results,
+    }
+    write_json(out / "results.json", document)
+    print(table(figures))
+    print(f"\ncores: edge {sorted(cpus.edge)}, load {sorted(cpus.load)}; load average now "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
