@@ -384,6 +384,7 @@ async def connect(
     """Open TCP (+TLS) and send the HTTP/2 preface. Run `serve()` of the result in a nursery."""
     tcp = await trio.open_tcp_stream(host, port)
     transport: trio.abc.Stream = tcp
+    opened = False
     try:
         if ssl_context is not None:
             tls = trio.SSLStream(tcp, ssl_context, server_hostname=server_name or host, https_compatible=True)
@@ -393,7 +394,8 @@ async def connect(
             transport = tls
         connection = GrpcClientConnection(transport, f"{server_name or host}:{port}")
         await connection.start()
-    except BaseException:
-        await trio.aclose_forcefully(transport)
-        raise
+        opened = True
+    finally:
+        if not opened:  # failed or cancelled half-way: the socket must not outlive us
+            await trio.aclose_forcefully(transport)
     return connection
