@@ -60,9 +60,6 @@ class PeerRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __contains__(self, peer_id: object) -> bool:
-        return peer_id in self._sessions
-
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
