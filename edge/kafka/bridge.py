@@ -32,12 +32,13 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
+from edge.handoff import PeerDirectory
 from edge.kafka.backoff import RandomSource
 from edge.kafka.commands import CommandParser
 from edge.kafka.consumer import CommandIntake, serve_command_consumer
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.producer import serve_event_producer
-from edge.kafka.router import CommandRouter, PeerDirectory
+from edge.kafka.router import CommandRouter
 from edge.kafka.state import KafkaState
 from edge.kafka.topics import ensure_topics
 from edge.ops.metrics import EdgeMetrics
@@ -60,8 +61,8 @@ async def serve_kafka_bridge(
     state: KafkaState,
     now: Callable[[], datetime.datetime],
     *,
+    metrics: EdgeMetrics,
     random: RandomSource | None = None,
-    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bridge until cancelled.

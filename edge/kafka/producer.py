@@ -63,8 +63,8 @@ class EventProducer:
     backlog: Callable[[], int] = lambda: 0
     #: Set once the topics are known to exist: no producer is started before (see edge.kafka.topics).
     gate: trio.Event | None = None
+    metrics: EdgeMetrics = attrs.field(kw_only=True)
     stats: ProducerStats = attrs.field(factory=ProducerStats)
-    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create)
     _aio: AioProducer | None = attrs.field(default=None, init=False)
     _delay: float = attrs.field(default=RECONNECT_INITIAL_DELAY, init=False)
 
@@ -191,7 +191,7 @@ async def serve_event_producer(
     state: KafkaState,
     gate: trio.Event | None = None,
     *,
-    metrics: EdgeMetrics | None = None,
+    metrics: EdgeMetrics,
     task_status: trio.TaskStatus[EventProducer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     producer = EventProducer(
@@ -199,7 +199,7 @@ async def serve_event_producer(
         state,
         backlog=lambda: events.statistics().current_buffer_used,
         gate=gate,
-        metrics=metrics if metrics is not None else EdgeMetrics.create(),
+        metrics=metrics,
     )
     in_flight: list[OutboundRecord] = []
     async with events:

@@ -15,6 +15,7 @@ from edge.kafka.consumer import CommandIntake, _cross, stalled_partitions
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.router import CommandRouter
 from edge.kafka.topics import ensure_topics
+from edge.ops.metrics import EdgeMetrics
 from edge.records import OutboundRecord
 
 A, B = TopicPartition("cmd", 0), TopicPartition("cmd", 1)
@@ -92,7 +93,7 @@ async def test_aiokafka_calls_end_at_the_trio_deadline_when_the_broker_is_silent
                 else:
                     tracker = OffsetTracker()
                     send, _receive = trio.open_memory_channel[OutboundRecord](1)
-                    router = CommandRouter(settings, _NoPeers(), send, tracker.settle, lambda: None)
+                    router = CommandRouter(settings, _NoPeers(), send, tracker.settle, lambda: None, metrics=EdgeMetrics.create())
                     await _cross(1.0, AioConsumer(settings, CommandIntake(tracker, router, 10)).start)
             assert trio.current_time() - began < 5.0  # the deadline, plus asyncio's cleanup (RISKS 10)
         nursery.cancel_scope.cancel()
