@@ -36,8 +36,8 @@ import trio_asyncio
 
 from edge.config import Address, Settings
 from edge.kafka.bridge import serve_kafka_bridge
-from edge.kafka.state import KafkaState
 from edge.ops.http import serve_ops_http
+from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry

@@ -15,9 +15,9 @@ import trio
 
 from edge.config import Settings
 from edge.nursery import utc_now
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, load_admission
 from edge.peers.registry import PeerRegistry
-from edge.ops.runtime import EdgeRuntime
 from edge.peers.server import serve_peers
 from edge.records import OutboundRecord
 

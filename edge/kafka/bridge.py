@@ -39,9 +39,9 @@ from edge.kafka.consumer import CommandIntake, serve_command_consumer
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.producer import serve_event_producer
 from edge.kafka.router import CommandRouter
-from edge.kafka.state import KafkaState
 from edge.kafka.topics import ensure_topics
 from edge.ops.metrics import EdgeMetrics
+from edge.ops.readiness import KafkaState
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)

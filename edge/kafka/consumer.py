@@ -43,7 +43,7 @@ from edge.kafka.aio import AioConsumer, Poll, Progress
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import CommitPoint, OffsetTracker, Partition, Ticket
 from edge.kafka.router import CommandRouter
-from edge.kafka.state import KafkaState
+from edge.ops.readiness import KafkaState
 
 log = structlog.get_logger(__name__)
 

@@ -30,8 +30,8 @@ import trio_asyncio
 
 from edge.config import Settings
 from edge.kafka.aio import AioProducer, BatchResult
-from edge.kafka.state import KafkaState
 from edge.ops.metrics import EdgeMetrics
+from edge.ops.readiness import KafkaState
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)

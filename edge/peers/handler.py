@@ -44,9 +44,9 @@ from edge.handoff import send_event
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.admission import Admission
+from edge.peers.endings import Ending
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
-from edge.peers.endings import Ending
 from edge.peers.session import Session
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord

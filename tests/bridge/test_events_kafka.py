@@ -15,8 +15,8 @@ import trio
 import trio_asyncio
 
 import edge
-from edge.kafka.state import KafkaState
 from edge.nursery import _log_asyncio_exception
+from edge.ops.readiness import KafkaState
 from edge.proto import pb
 from tests.bridge.support import Collector, bridge_settings
 from tests.kafka.broker import free_port

@@ -18,12 +18,12 @@ import trio
 import trio.testing
 
 from edge.config import settings_for_tests
+from edge.handoff import Delivery, SessionGone
 from edge.kafka.backoff import RetryPolicy
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.router import CommandRouter
 from edge.ops.metrics import EdgeMetrics
-from edge.handoff import Delivery, SessionGone
 from edge.records import OutboundRecord
 
 WALL0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)

@@ -26,8 +26,8 @@ import trio_asyncio
 from edge.config import Settings, settings_for_tests
 from edge.grpc import GrpcServerStats
 from edge.kafka.bridge import serve_kafka_bridge
-from edge.kafka.state import KafkaState
 from edge.nursery import _log_asyncio_exception, utc_now
+from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers

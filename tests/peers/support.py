@@ -25,11 +25,11 @@ import trio.testing
 
 from edge.config import Settings
 from edge.grpc import GrpcServerConfig, GrpcServerStats, StatusCode, serve_grpc_connection
+from edge.ops.metrics import EdgeMetrics
 from edge.peers.endings import Ending, serve_endings
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
-from edge.ops.metrics import EdgeMetrics
 from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
 from tests.grpc.support import RawH2Client, grpc_frame
