@@ -377,7 +377,7 @@ async def _kafka(timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
         raise KafkaCallFailed(_describe(error)) from error
 
 
-def _describe(error: BaseException) -> str:
-    if isinstance(error, KafkaCallFailed) and error.__cause__ is not None:
-        error = error.__cause__  # logged as the Kafka client's own error, as before
+def _describe(error: Exception) -> str:
+    if isinstance(error, KafkaCallFailed) and isinstance(error.__cause__, Exception):
+        error = error.__cause__  # logged as the Kafka client's own error
     return f"{type(error).__name__}: {error}"[:300]

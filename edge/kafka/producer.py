@@ -79,7 +79,7 @@ class EventProducer:
                 self.state.set_producer(True)
                 self._delay = RECONNECT_INITIAL_DELAY
                 log.info("kafka_producer_connected", bootstrap=self.settings.kafka_bootstrap_servers)
-            except (Exception, trio.TooSlowError) as error:  # noqa: BLE001 - any failure: retry later
+            except Exception as error:  # noqa: BLE001 - any failure, a timeout too: retry later
                 self.state.set_producer(False)
                 log.warning("kafka_producer_unavailable", error=_describe(error), retry_in=self._delay)
                 await self._backoff()
@@ -256,5 +256,5 @@ def _acknowledge(record: OutboundRecord) -> None:
         log.exception("kafka_ack_callback_failed", topic=record.topic, key=record.key)
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]
