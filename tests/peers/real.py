@@ -26,7 +26,7 @@ import trio_asyncio
 from edge.config import Settings, settings_for_tests
 from edge.grpc import GrpcServerStats
 from edge.kafka.bridge import serve_kafka_bridge
-from edge.nursery import _log_asyncio_exception, utc_now
+from edge.nursery import log_asyncio_exception, utc_now
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
@@ -98,7 +98,7 @@ async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
         try:
             with scope:
                 async with trio_asyncio.open_loop() as loop:
-                    loop.set_exception_handler(_log_asyncio_exception)
+                    loop.set_exception_handler(log_asyncio_exception)
                     async with trio.open_nursery() as nursery:
                         await nursery.start(
                             partial(serve_kafka_bridge, metrics=runtime.metrics),
