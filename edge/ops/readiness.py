@@ -1,4 +1,4 @@
-"""Whether the Kafka bridge can do its job right now: written by the bridge's tasks (edge.kafka), read
+"""Whether the Kafka bridge can do its job right now: written by the bridge's tasks, read
 by the edge's readiness (`EdgeHealth` in edge.ops.health) and by `/metrics`.
 
 It lives under ops, below both: the bridge reports into it, the health checks read it, and neither
