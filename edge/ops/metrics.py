@@ -17,7 +17,7 @@ Every metric, with its meaning, is listed in docs/operations.md.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
