@@ -36,8 +36,8 @@ import trio_asyncio
 
 from edge.config import Address, Settings
 from edge.kafka.bridge import serve_kafka_bridge
-from edge.kafka.state import KafkaState
 from edge.ops.http import serve_ops_http
+from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
@@ -52,9 +52,12 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    # trio-asyncio's default handler re-raises into the loop's nursery, which would tear the whole
-    # loop down for one stray failed future (RISKS 9). Log it instead.
+def log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The trio-asyncio loop's exception handler: log a stray asyncio error (`asyncio_unhandled`).
+
+    trio-asyncio's default handler re-raises into the loop's nursery, which would tear the whole loop
+    down for one stray failed future. Public for programs and tests that open the loop themselves.
+    """
     error = context.get("exception")
     log.error("asyncio_unhandled", message=context.get("message"), error=repr(error) if error else None)
 
@@ -94,7 +97,7 @@ async def serve(
     kafka = runtime.health.kafka
     dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
     async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(_log_asyncio_exception)
+        loop.set_exception_handler(log_asyncio_exception)
         async with trio.open_nursery() as outer:
             # Shielded so that cancelling `serve` does not close it at once; `_drain_started` gives
             # the shield its deadline the moment the drain begins, and it is cancelled when the

@@ -15,6 +15,7 @@ import trio
 
 from edge.config import Settings
 from edge.nursery import utc_now
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import serve_peers
@@ -81,7 +82,15 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
 
         async def serve(task_status: trio.TaskStatus[int]) -> None:
             with peer_scope:
-                await serve_peers(settings, send, registry, now, admission=admission, task_status=task_status)
+                await serve_peers(
+                    settings,
+                    send,
+                    registry,
+                    now,
+                    runtime=EdgeRuntime.create(settings.edge_id),
+                    admission=admission,
+                    task_status=task_status,
+                )
 
         port = await nursery.start(serve)
         running = RunningPeers(port=port, registry=registry, admission=admission, received=received)

@@ -46,12 +46,14 @@ class AioProducer:
         self._producer = AIOKafkaProducer(**producer_options(settings))
 
     async def start(self) -> None:
+        started = False
         try:
             await self._producer.start()
-        except BaseException:
-            # A failed start leaves connections and tasks behind; stop cleans them up.
-            await self._producer.stop()
-            raise
+            started = True
+        finally:
+            if not started:
+                # A failed (or cancelled) start leaves connections and tasks behind; stop cleans them up.
+                await self._producer.stop()
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -202,13 +204,15 @@ class AioConsumer:
 
     async def start(self) -> None:
         """Connect, join the group and wait for the first assignment."""
+        started = False
         try:
             await self._admin.start()
             self._consumer.subscribe([self._topic], listener=_Listener(self))
             await self._consumer.start()
-        except BaseException:
-            await self._close_clients()
-            raise
+            started = True
+        finally:
+            if not started:  # failed or cancelled: close what was opened
+                await self._close_clients()
 
     async def poll(
         self, commits: Mapping[TopicPartition, tuple[int, str]], fetch: bool, max_records: int, timeout_ms: int

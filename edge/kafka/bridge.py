@@ -9,7 +9,9 @@
       readiness reporter       logs `kafka_ready` / `kafka_not_ready` on every change
 
 Data flows one way: consumer -> router -> peer channel -> peer stream; dead letters go through the same
-event channel as every other record, with an `on_ack` that settles their command's offset.
+event channel as every other record, with an `on_ack` that settles their command's offset. The pieces
+are wired once: the intake (offsets and the window) first, then the router, which settles into it
+(`intake.settle`), then the consumer, which is given both.
 
 Kafka down at start: the topic check is given a short deadline; if the broker does not answer, the
 bridge reports started anyway (the edge serves peers, buffers events, and is not ready), and the check,
@@ -32,15 +34,16 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
+from edge.handoff import PeerDirectory
 from edge.kafka.backoff import RandomSource
 from edge.kafka.commands import CommandParser
 from edge.kafka.consumer import CommandIntake, serve_command_consumer
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.producer import serve_event_producer
-from edge.kafka.router import CommandRouter, PeerDirectory
-from edge.kafka.state import KafkaState
+from edge.kafka.router import CommandRouter
 from edge.kafka.topics import ensure_topics
 from edge.ops.metrics import EdgeMetrics
+from edge.ops.readiness import KafkaState
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -60,8 +63,8 @@ async def serve_kafka_bridge(
     state: KafkaState,
     now: Callable[[], datetime.datetime],
     *,
+    metrics: EdgeMetrics,
     random: RandomSource | None = None,
-    metrics: EdgeMetrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bridge until cancelled.
@@ -73,11 +76,10 @@ async def serve_kafka_bridge(
         topics_ready = trio.Event()
         if await _first_topic_check(settings):
             topics_ready.set()
-        tracker = OffsetTracker()
-        router = CommandRouter(
-            settings, registry, dead_letters, lambda ticket: intake.settle(ticket), now, random=random, metrics=metrics
-        )
-        intake = CommandIntake(tracker, router, settings.kafka_max_pending_commands)
+        # The command path, in its order: the intake (offsets, window), the router that settles into
+        # it, the parser; the consumer gets all three.
+        intake = CommandIntake(OffsetTracker(), settings.kafka_max_pending_commands)
+        router = CommandRouter(settings, registry, dead_letters, intake.settle, now, random=random, metrics=metrics)
         parser = CommandParser(max_message_bytes=settings.grpc_max_message_bytes)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_readiness, state)
@@ -85,7 +87,9 @@ async def serve_kafka_bridge(
             await nursery.start(router.serve)
             if not topics_ready.is_set():
                 nursery.start_soon(_check_topics_until_done, settings, topics_ready)
-            nursery.start_soon(_serve_commands, settings, intake, parser, state, now, topics_ready)
+            nursery.start_soon(
+                partial(_serve_commands, metrics=metrics), topics_ready, settings, intake, router, parser, state, now
+            )
             task_status.started()
 
 
@@ -95,7 +99,7 @@ async def _first_topic_check(settings: Settings) -> bool:
         await ensure_topics(settings, timeout=min(settings.kafka_request_timeout_sec, STARTUP_CHECK_TIMEOUT_SEC))
     except ConfigError:
         raise
-    except (Exception, trio.TooSlowError) as error:  # noqa: BLE001 - Kafka away: start anyway, not ready
+    except Exception as error:  # noqa: BLE001 - Kafka away (a timeout too): start anyway, not ready
         log.warning("kafka_unavailable_at_start", bootstrap=settings.kafka_bootstrap_servers, error=_describe(error))
         return False
     return True
@@ -110,7 +114,7 @@ async def _check_topics_until_done(settings: Settings, done: trio.Event) -> None
         except ConfigError:
             log.error("kafka_topics_unusable", detail="the edge cannot run with these topics; stopping")
             raise
-        except (Exception, trio.TooSlowError) as error:  # noqa: BLE001 - still away: try again later
+        except Exception as error:  # noqa: BLE001 - still away (or timed out): try again later
             log.info("kafka_still_unavailable", error=_describe(error), retry_in=delay)
             delay = min(delay * 2, TOPICS_RETRY_MAX_DELAY)
         else:
@@ -119,15 +123,19 @@ async def _check_topics_until_done(settings: Settings, done: trio.Event) -> None
 
 
 async def _serve_commands(
+    topics_ready: trio.Event,
     settings: Settings,
     intake: CommandIntake,
+    router: CommandRouter,
     parser: CommandParser,
     state: KafkaState,
     now: Callable[[], datetime.datetime],
-    topics_ready: trio.Event,
+    *,
+    metrics: EdgeMetrics,
 ) -> None:
+    """The command consumer, once the topics are known to exist."""
     await topics_ready.wait()
-    await serve_command_consumer(settings, intake, parser, state, now)
+    await serve_command_consumer(settings, intake, router, parser, state, now, metrics=metrics)
 
 
 async def _report_readiness(state: KafkaState) -> None:
@@ -144,6 +152,6 @@ async def _report_readiness(state: KafkaState) -> None:
             )
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 

@@ -15,8 +15,8 @@ Bounds and guarantees:
 - At most KAFKA_MAX_PENDING_COMMANDS records read and not settled, held commands aside (they have their
   own bound, RETRY_MAX_HELD_COMMANDS). At the bound the partitions are paused, and the loop only
   commits and keeps the group membership alive until commands settle.
-- Revocation (`CommandIntake.revoked`, called from aiokafka's rebalance listener) commits what is
-  settled and abandons the rest, which the partition's next owner reads again. aiokafka does not call
+- Revocation (called from aiokafka's rebalance listener) commits what is settled (`CommandIntake.revoked`)
+  and has the router abandon the rest, which the partition's next owner reads again. aiokafka does not call
   the listener before `stop()` (RISKS 12): the loop commits before every stop itself.
 - Every aiokafka call has a Trio deadline (RISKS 11): a poll is bounded by its own wait plus
   KAFKA_REQUEST_TIMEOUT_SEC, a start by that plus two session timeouts (joining may wait for a dead
@@ -25,6 +25,11 @@ Bounds and guarantees:
   end offsets. A partition with records waiting whose position did not move over a whole interval,
   while fetching was not paused, means the consumer stopped receiving: it is closed and started
   again. The same check drives readiness (KafkaState.consumer_connected).
+
+Errors: only a failed or timed-out Kafka call, a stall, or records the tracker cannot account for
+(`ConsumerFailed`) end one consumer's life and start a fresh one after a backoff. Anything else (a bug
+in parsing, routing or bookkeeping) is not a Kafka problem and a reconnect would not cure it: it
+propagates and ends the bridge, so the edge stops with the traceback instead of looping quietly.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from edge.kafka.aio import AioConsumer, Poll, Progress
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import CommitPoint, OffsetTracker, Partition, Ticket
 from edge.kafka.router import CommandRouter
-from edge.kafka.state import KafkaState
+from edge.ops.metrics import EdgeMetrics
+from edge.ops.readiness import KafkaState
 
 log = structlog.get_logger(__name__)
 
@@ -60,11 +66,19 @@ RECONNECT_INITIAL_DELAY: Final = 0.5
 RECONNECT_MAX_DELAY: Final = 5.0
 
 
-class ConsumerStalled(Exception):
+class ConsumerFailed(Exception):
+    """This consumer cannot go on: close it and start a fresh one (after a backoff)."""
+
+
+class KafkaCallFailed(ConsumerFailed):
+    """A call into aiokafka failed or passed its Trio deadline; `__cause__` is the original error."""
+
+
+class ConsumerStalled(ConsumerFailed):
     """The consumer stopped receiving records that are waiting for it."""
 
 
-class ConsumerOutOfStep(Exception):
+class ConsumerOutOfStep(ConsumerFailed):
     """aiokafka handed over records the tracker cannot account for; the consumer must start again."""
 
 
@@ -83,70 +97,101 @@ def stalled_partitions(
 
 
 class CommandIntake:
-    """The consumer's side of the bookkeeping: offsets, the window, and revocation.
+    """The consumer's side of the bookkeeping: offsets and the window of records read, not settled.
 
-    Its `revoked`/`assigned` are called by aiokafka's rebalance listener on the asyncio side, inside a
-    Trio task of the trio-asyncio loop, so they are plain synchronous calls that may touch Trio objects.
+    Built first, before the router, which settles tickets into it (`settle`). It knows nothing of the
+    router: the consumer passes the router's count of held commands to `room`, and has the router
+    abandon the commands of revoked partitions.
     """
 
-    def __init__(self, tracker: OffsetTracker, router: CommandRouter, max_pending: int) -> None:
+    def __init__(self, tracker: OffsetTracker, max_pending: int) -> None:
         self.tracker = tracker
-        self.router = router
         self._max_pending = max_pending
-        self._room = trio.Event()
+        self._settled = trio.Event()
 
     @property
     def generation(self) -> int:
         return self.tracker.generation
 
-    def room(self) -> int:
-        """How many more records may be read now."""
-        return self._max_pending - (self.tracker.unsettled - self.router.held)
+    def room(self, held: int) -> int:
+        """How many more records may be read now, when `held` of the unsettled ones are held commands
+        (they have their own bound)."""
+        return self._max_pending - (self.tracker.unsettled - held)
 
     def settle(self, ticket: Ticket) -> None:
         self.tracker.settle(ticket)
-        if self.room() > 0:
-            self._room.set()
+        self._settled.set()
 
-    async def wait_for_room(self, deadline: float) -> None:
-        if self.room() > 0:
-            return
-        self._room = trio.Event()
-        with trio.move_on_at(deadline):
-            await self._room.wait()
+    async def wait_settled(self) -> None:
+        """Return at the next `settle`."""
+        self._settled = trio.Event()
+        await self._settled.wait()
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> dict[Partition, CommitPoint]:
-        commits = self.tracker.revoke(partitions)
-        self.router.abandon(partitions)
-        return commits
+        """Forget `partitions`; return the commits to make for them."""
+        return self.tracker.revoke(partitions)
 
     def assigned(self, partition: TopicPartition, committed: CommitPoint | None) -> None:
         self.tracker.assign(partition, committed)
 
-    def revoke_all(self) -> None:
+    def revoke_all(self) -> list[Partition]:
+        """Forget every partition (the consumer stopped); return them."""
         partitions = list(self.tracker.assigned())
         self.tracker.revoke(partitions)
-        self.router.abandon(partitions)
+        return partitions
+
+
+class Rebalance:
+    """What aiokafka's rebalance listener changes (`edge.kafka.aio.Assignments`): the intake's
+    partitions, and the router's waiting commands of the partitions revoked.
+
+    Its methods are called on the asyncio side, inside a Trio task of the trio-asyncio loop, so they
+    are plain synchronous calls that may touch Trio objects.
+    """
+
+    def __init__(self, intake: CommandIntake, router: CommandRouter) -> None:
+        self._intake = intake
+        self._router = router
+
+    @property
+    def generation(self) -> int:
+        return self._intake.generation
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> dict[Partition, CommitPoint]:
+        commits = self._intake.revoked(partitions)
+        self._router.abandon(partitions)
+        return commits
+
+    def assigned(self, partition: TopicPartition, committed: CommitPoint | None) -> None:
+        self._intake.assigned(partition, committed)
+
+    def revoke_all(self) -> None:
+        self._router.abandon(self._intake.revoke_all())
 
 
 async def serve_command_consumer(
     settings: Settings,
     intake: CommandIntake,
+    router: CommandRouter,
     parser: CommandParser,
     state: KafkaState,
     now: Callable[[], datetime.datetime],
     *,
+    metrics: EdgeMetrics,
     watch_interval: float = WATCH_INTERVAL_SEC,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Consume commands until cancelled, reconnecting whenever the consumer fails."""
-    consumer = _Consumer(settings, intake, parser, state, now, watch_interval)
+    """Consume commands until cancelled, reconnecting whenever the consumer fails (`ConsumerFailed`).
+
+    `intake` is the one `router` settles into. Any other exception propagates (see the module docstring).
+    """
+    consumer = _Consumer(settings, intake, router, parser, state, now, metrics, watch_interval)
     task_status.started()
     delay = RECONNECT_INITIAL_DELAY
     while True:
         try:
             await consumer.run()
-        except Exception as error:  # the task's one boundary: log, back off, start a fresh consumer
+        except ConsumerFailed as error:  # Kafka's failures only: log, back off, start a fresh consumer
             log.warning("kafka_consumer_failed", error=_describe(error), retry_in=delay)
         else:
             delay = RECONNECT_INITIAL_DELAY
@@ -161,14 +206,19 @@ class _Consumer:
         self,
         settings: Settings,
         intake: CommandIntake,
+        router: CommandRouter,
         parser: CommandParser,
         state: KafkaState,
         now: Callable[[], datetime.datetime],
+        metrics: EdgeMetrics,
         watch_interval: float,
     ) -> None:
         self.settings = settings
         self.intake = intake
+        self.router = router
+        self.rebalance = Rebalance(intake, router)
         self.parser = parser
+        self.metrics = metrics
         self.state = state
         self.now = now
         self.watch_interval = watch_interval
@@ -179,9 +229,9 @@ class _Consumer:
     async def run(self) -> None:
         """One consumer's life: start, consume until it fails, commit and stop."""
         self.was_running = False
-        aio = AioConsumer(self.settings, self.intake)
+        aio = AioConsumer(self.settings, self.rebalance)
         start_timeout = self.request_timeout + 2 * self.settings.kafka_session_timeout_sec
-        await _cross(start_timeout, aio.start)
+        await _kafka(start_timeout, aio.start)
         self.was_running = True
         self.state.set_consumer(True)
         log.info(
@@ -200,7 +250,7 @@ class _Consumer:
                     error = await trio_asyncio.aio_as_trio(aio.stop)(commits)
                 except Exception as stop_error:  # noqa: BLE001 - closing: report and go on
                     error = _describe(stop_error)
-            self.intake.revoke_all()
+            self.rebalance.revoke_all()
             log.info(
                 "kafka_consumer_stopped",
                 committed=None if error else {f"{t}:{p}": point[0] for (t, p), point in commits.items()},
@@ -221,10 +271,10 @@ class _Consumer:
             if now >= next_commit:
                 commits = intake.tracker.due_commits()
                 next_commit = now + self.commit_interval
-            room = intake.room()
+            room = intake.room(self.router.held)
             fetch = room > 0
             paused_since_watch = paused_since_watch or not fetch
-            poll: Poll = await _cross(
+            poll: Poll = await _kafka(
                 poll_timeout, aio.poll, commits, fetch, min(room, MAX_POLL_RECORDS), POLL_WAIT_MS if fetch else 0
             )
             self._committed(commits, poll)
@@ -234,7 +284,13 @@ class _Consumer:
                 paused_since_watch = False
                 next_watch = trio.current_time() + self.watch_interval
             if not fetch:
-                await intake.wait_for_room(min(next_commit, next_watch))
+                await self._wait_for_room(min(next_commit, next_watch))
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        """Until a settled command makes room in the window, or `deadline`."""
+        with trio.move_on_at(deadline):
+            while self.intake.room(self.router.held) <= 0:
+                await self.intake.wait_settled()
 
     def _committed(self, asked: Mapping[Partition, CommitPoint], poll: Poll) -> None:
         if poll.committed:
@@ -247,6 +303,7 @@ class _Consumer:
 
     async def _dispatch(self, poll: Poll) -> None:
         intake = self.intake
+        router = self.router
         skipped = 0
         handled = 0
         for tp, records in poll.records.items():
@@ -268,7 +325,7 @@ class _Consumer:
                 if ticket is None:
                     skipped += 1
                     continue
-                intake.router.metrics.commands_received.inc()
+                self.metrics.commands_received.inc()
                 source = Source(tp.topic, tp.partition, record.offset)
                 item = self.parser.parse(record.value, source, self.now())
                 if isinstance(item, Command):
@@ -280,9 +337,9 @@ class _Consumer:
                         partition=tp.partition,
                         offset=record.offset,
                     )
-                    intake.router.submit(item, ticket)
+                    router.submit(item, ticket)
                 else:
-                    await intake.router.dead_letter(item, ticket)
+                    await router.dead_letter(item, ticket)
         if skipped:
             log.info("kafka_settled_records_skipped", count=skipped)
 
@@ -290,8 +347,8 @@ class _Consumer:
         self, aio: AioConsumer, before: dict[TopicPartition, int] | None
     ) -> dict[TopicPartition, int] | None:
         try:
-            progress: Progress = await _cross(self.request_timeout + 5.0, aio.progress)
-        except (Exception, trio.TooSlowError) as error:  # noqa: BLE001 - Kafka away: not ready, keep going
+            progress: Progress = await _kafka(self.request_timeout + 5.0, aio.progress)
+        except KafkaCallFailed as error:  # Kafka away: not ready, keep going
             log.warning("kafka_consumer_unreachable", error=_describe(error))
             self.state.set_consumer(False)
             return None
@@ -305,11 +362,22 @@ class _Consumer:
         return dict(progress.positions)
 
 
-async def _cross(timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call the asyncio coroutine function `fn(*args)` from Trio, under a Trio deadline."""
+async def cross(timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call the asyncio coroutine function `fn(*args)` from Trio, under a Trio deadline (raises
+    trio.TooSlowError past it)."""
     with trio.fail_after(timeout):
         return await trio_asyncio.aio_as_trio(fn)(*args)
 
 
-def _describe(error: BaseException) -> str:
+async def _kafka(timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """`cross`, with whatever the Kafka call raised (its deadline too) as KafkaCallFailed."""
+    try:
+        return await cross(timeout, fn, *args)
+    except Exception as error:  # the consumer's Kafka I/O edge: translated, the cause kept
+        raise KafkaCallFailed(_describe(error)) from error
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, KafkaCallFailed) and isinstance(error.__cause__, Exception):
+        error = error.__cause__  # logged as the Kafka client's own error
     return f"{type(error).__name__}: {error}"[:300]

@@ -30,8 +30,8 @@ import trio_asyncio
 
 from edge.config import Settings
 from edge.kafka.aio import AioProducer, BatchResult
-from edge.kafka.state import KafkaState
 from edge.ops.metrics import EdgeMetrics
+from edge.ops.readiness import KafkaState
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -63,8 +63,8 @@ class EventProducer:
     backlog: Callable[[], int] = lambda: 0
     #: Set once the topics are known to exist: no producer is started before (see edge.kafka.topics).
     gate: trio.Event | None = None
+    metrics: EdgeMetrics = attrs.field(kw_only=True)
     stats: ProducerStats = attrs.field(factory=ProducerStats)
-    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create)
     _aio: AioProducer | None = attrs.field(default=None, init=False)
     _delay: float = attrs.field(default=RECONNECT_INITIAL_DELAY, init=False)
 
@@ -79,7 +79,7 @@ class EventProducer:
                 self.state.set_producer(True)
                 self._delay = RECONNECT_INITIAL_DELAY
                 log.info("kafka_producer_connected", bootstrap=self.settings.kafka_bootstrap_servers)
-            except (Exception, trio.TooSlowError) as error:  # noqa: BLE001 - any failure: retry later
+            except Exception as error:  # noqa: BLE001 - any failure, a timeout too: retry later
                 self.state.set_producer(False)
                 log.warning("kafka_producer_unavailable", error=_describe(error), retry_in=self._delay)
                 await self._backoff()
@@ -191,7 +191,7 @@ async def serve_event_producer(
     state: KafkaState,
     gate: trio.Event | None = None,
     *,
-    metrics: EdgeMetrics | None = None,
+    metrics: EdgeMetrics,
     task_status: trio.TaskStatus[EventProducer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     producer = EventProducer(
@@ -199,7 +199,7 @@ async def serve_event_producer(
         state,
         backlog=lambda: events.statistics().current_buffer_used,
         gate=gate,
-        metrics=metrics if metrics is not None else EdgeMetrics.create(),
+        metrics=metrics,
     )
     in_flight: list[OutboundRecord] = []
     async with events:
@@ -256,5 +256,5 @@ def _acknowledge(record: OutboundRecord) -> None:
         log.exception("kafka_ack_callback_failed", topic=record.topic, key=record.key)
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:300]

@@ -41,7 +41,7 @@ import random as _random
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 import structlog
@@ -49,27 +49,17 @@ import trio
 
 from edge.config import Settings
 from edge.convert import timestamp
+from edge.handoff import Delivery, PeerDirectory, PeerSession, SessionGone, send_event
 from edge.kafka.backoff import RandomSource, RetryPolicy
 from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
 from edge.kafka.offsets import Partition, Ticket
 from edge.ops.metrics import EdgeMetrics
-from edge.peers.session import Delivery, SessionGone
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
 
 #: How long one attempt waits for an offered command to be written to the peer's stream.
 WRITE_TIMEOUT_SEC: Final = 5.0
-
-
-class PeerSession(Protocol):
-    def offer(self, delivery: Delivery) -> None: ...
-
-
-class PeerDirectory(Protocol):
-    """What the router needs of the peer registry."""
-
-    def lookup(self, peer_id: str) -> PeerSession | None: ...
 
 
 Failure = tuple[Reason, str]
@@ -118,7 +108,7 @@ class CommandRouter:
         *,
         random: RandomSource | None = None,
         write_timeout: float = WRITE_TIMEOUT_SEC,
-        metrics: EdgeMetrics | None = None,
+        metrics: EdgeMetrics,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -135,7 +125,7 @@ class CommandRouter:
         self._held = 0
         self._waiting = 0
         self.stats = RouterStats()
-        self.metrics = metrics if metrics is not None else EdgeMetrics.create()
+        self.metrics = metrics
 
     @property
     def held(self) -> int:
@@ -202,7 +192,7 @@ class CommandRouter:
             now=self._now(),
             on_ack=partial(self._settle, ticket),
         )
-        await self._events.send(record)  # waits while the event buffer is full (backpressure)
+        await send_event(self._events, record, self.metrics)  # waits while the event buffer is full
 
     def abandon(self, partitions: Iterable[Partition]) -> int:
         """Drop every waiting command read from `partitions` (revoked). Returns how many."""

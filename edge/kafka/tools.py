@@ -59,7 +59,7 @@ async def _aio_send(bootstrap: str, topic: str, key: bytes, value: bytes, timeou
 
 async def send_record(bootstrap: str, topic: str, key: bytes, value: bytes, *, timeout: float) -> tuple[int, int]:
     """Produce one record (acks=all); return its (partition, offset). Raises on failure or timeout."""
-    failure: BaseException | None = None
+    failure: Exception | None = None
     result = (-1, -1)
     with trio.fail_after(timeout + 15):  # the asyncio-side deadline ends it first; this is a backstop
         async with _loop():
@@ -88,12 +88,14 @@ class _AioTail:
         )
 
     async def start(self, timeout: float) -> None:
+        started = False
         try:
             async with asyncio.timeout(timeout):
                 await self._consumer.start()
-        except BaseException:
-            await self._consumer.stop()
-            raise
+            started = True
+        finally:
+            if not started:  # failed or cancelled: close what was opened
+                await self._consumer.stop()
 
     async def stop(self) -> None:
         await self._consumer.stop()

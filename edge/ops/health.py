@@ -5,7 +5,7 @@ The edge is ready (gRPC `SERVING`, `/readyz` 200) when both hold:
   is enabled), so what peers say reaches the backend and commands reach peers;
 * the peer server accepts new streams: bound and listening, and not draining.
 
-`EdgeHealth` holds the second fact and reads the first from the bridge's `KafkaState`. Watchers (gRPC
+`EdgeHealth` holds the second fact and reads the first from `KafkaState` (edge.ops.readiness). Watchers (gRPC
 `Health/Watch`) wait for either one to change, through the two objects' `changed` events: no polling.
 
 The gRPC side (`HealthService`) serves `grpc.health.v1.Health` Check, Watch and List on the peer port
@@ -25,7 +25,7 @@ import trio
 from google.protobuf.message import DecodeError
 
 from edge.grpc import ServerStream, Status, StatusCode
-from edge.kafka.state import KafkaState
+from edge.ops.readiness import KafkaState
 from edge.proto import SERVICE_NAME
 from edge.proto import ops as ops_pb
 

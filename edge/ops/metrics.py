@@ -17,7 +17,7 @@ Every metric, with its meaning, is listed in docs/operations.md.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -144,7 +144,7 @@ class EdgeMetrics:
             ),
             event_backpressure=counter(
                 "event_backpressure_seconds",
-                "Time peer sessions spent waiting for room in the full event buffer (summed over sessions).",
+                "Time spent waiting for room in the full event buffer (summed over every task that queues records).",
             ),
             produce_latency=Histogram(
                 _name("kafka_produce_latency_seconds"),
@@ -246,20 +246,3 @@ class EdgeMetrics:
         """The Prometheus text format of every metric (what `/metrics` serves)."""
         return generate_latest(self.registry)
 
-
-async def send_event(channel: trio.MemorySendChannel, record: object, metrics: EdgeMetrics) -> None:  # type: ignore[type-arg]
-    """`channel.send(record)`, adding the time spent waiting for room (backpressure) to the metric.
-
-    Same checkpoint rules as `send`: cancellation before the record is queued raises, after it never.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        channel.send_nowait(record)
-    except trio.WouldBlock:
-        started = trio.current_time()
-        try:
-            await channel.send(record)
-        finally:
-            metrics.event_backpressure.inc(trio.current_time() - started)
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()

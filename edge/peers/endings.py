@@ -26,6 +26,8 @@ import attrs
 import structlog
 import trio
 
+from edge.handoff import send_event
+from edge.ops.metrics import EdgeMetrics
 from edge.peers.session import Session
 from edge.records import OutboundRecord
 
@@ -42,9 +44,9 @@ class Ending:
     records: list[OutboundRecord]
     finished: Callable[[], None]
 
-    async def publish(self, events: trio.MemorySendChannel[OutboundRecord]) -> None:
+    async def publish(self, events: trio.MemorySendChannel[OutboundRecord], metrics: EdgeMetrics) -> None:
         while self.records:
-            await events.send(self.records[0])
+            await send_event(events, self.records[0], metrics)
             del self.records[0]
         self.finished()
 
@@ -67,6 +69,7 @@ async def serve_endings(
     events: trio.MemorySendChannel[OutboundRecord],
     shutdown_timeout: float,
     *,
+    metrics: EdgeMetrics,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Queue handed-over endings on `events` until `endings` is closed (see the module docstring)."""
@@ -75,15 +78,15 @@ async def serve_endings(
         task_status.started()
         try:
             async for current in endings:
-                await current.publish(events)
+                await current.publish(events, metrics)
             current = None
         finally:
             with trio.move_on_after(shutdown_timeout, shield=True):
                 try:
                     if current is not None:
-                        await current.publish(events)
+                        await current.publish(events, metrics)
                     async for current in endings:
-                        await current.publish(events)
+                        await current.publish(events, metrics)
                     current = None
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the bridge is gone: only possible if it crashed

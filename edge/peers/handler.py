@@ -40,12 +40,13 @@ import trio
 
 from edge.config import Settings
 from edge.grpc import MessageTooLarge, ProtocolViolation, ServerStream, Status, StatusCode, StreamError
+from edge.handoff import send_event
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.admission import Admission
+from edge.peers.endings import Ending
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
-from edge.peers.endings import Ending
 from edge.peers.session import Session
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
@@ -68,7 +69,7 @@ class PeerStreamHandler:
     endings: trio.MemorySendChannel[Ending]
     #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
     admission: Admission | None = None
-    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
+    metrics: EdgeMetrics = attrs.field(kw_only=True)
 
     async def __call__(self, stream: ServerStream) -> Status | None:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
@@ -164,7 +165,7 @@ class PeerStreamHandler:
         )
 
     async def _announce(self, session: Session) -> None:
-        await self.events.send(protocol.connected_record(session.info, self.settings, self.now()))
+        await send_event(self.events, protocol.connected_record(session.info, self.settings, self.now()), self.metrics)
 
     async def _refuse(self, stream: ServerStream, message: str, *, request_id: str = "", peer_name: str = "") -> None:
         refusal = protocol.registration_refused(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import ssl
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import structlog
 import trio
@@ -74,20 +75,20 @@ async def serve_peers(
     registry: PeerRegistry,
     now: Callable[[], datetime.datetime],
     *,
+    runtime: EdgeRuntime,
     config: GrpcServerConfig | None = None,
     admission: Admission | None = None,
-    runtime: EdgeRuntime | None = None,
     stats: GrpcServerStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve peers until cancelled. Reports the bound gRPC port through `task_status`.
 
-    `config` and `admission` are built from `settings` (reading certificates and keys) unless given.
+    `runtime` holds the metrics, the readiness flag it sets and the port it reports. `config` and
+    `admission` are built from `settings` (reading certificates and keys) unless given.
     `stats` receives the transport's live counters (default: the runtime's, which /metrics reads).
     """
     config = config if config is not None else grpc_config(settings)
     admission = admission if admission is not None else load_admission(settings, now)
-    runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     endings_send, endings_receive = trio.open_memory_channel[Ending](settings.max_peers)
     handler = PeerStreamHandler(
         settings=settings,
@@ -104,7 +105,9 @@ async def serve_peers(
     stats = stats if stats is not None else runtime.grpc_stats
     async with events:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_endings, endings_receive, events, settings.shutdown_timeout_sec)
+            await nursery.start(
+                partial(serve_endings, metrics=runtime.metrics), endings_receive, events, settings.shutdown_timeout_sec
+            )
             port = await nursery.start(_serve_grpc, endings_send, config, routes, stats)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             runtime.grpc_port = port

@@ -48,42 +48,14 @@ from edge.grpc import (
     StatusCode,
     StreamError,
 )
+from edge.handoff import Delivery, SessionGone, send_event
+from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
-from edge.ops.metrics import EdgeMetrics, send_event
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
 
 log = structlog.get_logger(__name__)
-
-
-@attrs.define(eq=False)
-class Delivery:
-    """An EdgeMessage on its way to the peer. Settled exactly once: written, or not (session ended,
-    message over GRPC_MAX_MESSAGE_BYTES)."""
-
-    message: pb.EdgeMessage
-    _settled: trio.Event = attrs.field(factory=trio.Event, init=False)
-    written: bool = attrs.field(default=False, init=False)
-
-    def settle(self, written: bool) -> None:
-        if not self._settled.is_set():
-            self.written = written
-            self._settled.set()
-
-    @property
-    def settled(self) -> bool:
-        return self._settled.is_set()
-
-    async def wait(self) -> bool:
-        """True once written to the peer's stream (handed to its HTTP/2 connection, within the peer's
-        flow-control window), False if it never will be. Put a deadline around it."""
-        await self._settled.wait()
-        return self.written
-
-
-class SessionGone(Exception):
-    """The session ended; nothing more can be delivered through it."""
 
 
 @attrs.define(eq=False)
@@ -94,7 +66,7 @@ class Session:
     now: Callable[[], datetime.datetime]
     #: Written before anything from the outbound channel (the registration response).
     greeting: pb.EdgeMessage | None = None
-    metrics: EdgeMetrics = attrs.field(factory=EdgeMetrics.create, kw_only=True)
+    metrics: EdgeMetrics = attrs.field(kw_only=True)
     #: The session's own cancel scope; prefer `end(reason)`, which says why.
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     #: Set once its last records and `disconnected` are queued (or given up at shutdown) and it has

@@ -104,7 +104,7 @@ async def tail_cli(settings: Settings, args: argparse.Namespace, *, out: TextIO,
         return 2
     peer = args.peer.encode("utf-8") if args.peer else None
     printed = 0
-    failure: BaseException | None = None
+    failures: list[Exception] = []
     print(f"tail: following {', '.join(topics)} at {settings.kafka_bootstrap_servers} (Ctrl-C to stop)", file=err, flush=True)
 
     async def follow(scope: trio.CancelScope) -> None:
@@ -127,16 +127,28 @@ async def tail_cli(settings: Settings, args: argparse.Namespace, *, out: TextIO,
                     nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
                     await follow(nursery.cancel_scope)
         except* Exception as group:  # the one boundary: Kafka unreachable and the like
-            failure = group.exceptions[0]
-    if failure is not None:
-        while isinstance(failure, BaseExceptionGroup):
-            failure = failure.exceptions[0]
-        print(f"tail: Kafka at {settings.kafka_bootstrap_servers}: {type(failure).__name__}: {failure}", file=err)
+            failures = leaves(group)
+    if failures:
+        for line in failure_lines(settings.kafka_bootstrap_servers, failures):
+            print(line, file=err)
         return 1
     if args.count is not None and printed < args.count:
         print(f"tail: {printed} of {args.count} records", file=err)
         return 1
     return 0
+
+
+def leaves(group: ExceptionGroup[Exception]) -> list[Exception]:
+    """Every exception in `group`, nested groups opened, in order: each one is reported."""
+    found: list[Exception] = []
+    for error in group.exceptions:
+        found.extend(leaves(error) if isinstance(error, ExceptionGroup) else [error])
+    return found
+
+
+def failure_lines(bootstrap: str, failures: list[Exception]) -> list[str]:
+    """What tail prints when it stops on errors: one line per error."""
+    return [f"tail: Kafka at {bootstrap}: {type(error).__name__}: {error}" for error in failures]
 
 
 def _stop_signals() -> tuple[int, ...]:

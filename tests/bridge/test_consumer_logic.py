@@ -11,11 +11,9 @@ import pytest
 
 from edge.config import settings_for_tests
 from edge.kafka.aio import AioConsumer, Progress
-from edge.kafka.consumer import CommandIntake, _cross, stalled_partitions
+from edge.kafka.consumer import CommandIntake, Rebalance, cross, stalled_partitions
 from edge.kafka.offsets import OffsetTracker
-from edge.kafka.router import CommandRouter
 from edge.kafka.topics import ensure_topics
-from edge.records import OutboundRecord
 
 A, B = TopicPartition("cmd", 0), TopicPartition("cmd", 1)
 
@@ -31,33 +29,37 @@ def test_stall_is_records_waiting_and_no_progress():
 def test_window_counts_unsettled_records_but_not_held_ones():
     """KAFKA_MAX_PENDING_COMMANDS bounds records read and not settled; held commands have their own bound."""
     tracker = OffsetTracker()
-    router = _RouterStandIn()
-    intake = CommandIntake(tracker, router, max_pending=2)  # type: ignore[arg-type]
+    intake = CommandIntake(tracker, max_pending=2)
     intake.assigned(A, None)
     first, _second = tracker.read(A, 0), tracker.read(A, 1)
-    assert intake.room() == 0
-    router.held = 1  # one of them is held for an absent peer
-    assert intake.room() == 1
-    router.held = 0
+    assert intake.room(held=0) == 0
+    assert intake.room(held=1) == 1  # one of them is held for an absent peer
     intake.settle(first)
-    assert intake.room() == 1
-    assert intake.revoked([A]) == {("cmd", 0): (1, "")} and intake.room() == 2
-    assert router.abandoned == [[A]]
+    assert intake.room(held=0) == 1
+    assert intake.revoked([A]) == {("cmd", 0): (1, "")} and intake.room(held=0) == 2
+
+
+def test_revocation_commits_what_is_settled_and_abandons_the_router_s_waiting_commands():
+    """The rebalance listener's view: the intake gives the commits, the router drops the rest."""
+    tracker = OffsetTracker()
+    router = _RouterStandIn()
+    rebalance = Rebalance(CommandIntake(tracker, max_pending=10), router)  # type: ignore[arg-type]
+    rebalance.assigned(A, None)
+    rebalance.assigned(B, None)
+    tracker.settle(tracker.read(A, 0))
+    tracker.read(A, 1)
+    assert rebalance.revoked([A]) == {("cmd", 0): (1, "")}
+    rebalance.revoke_all()
+    assert router.abandoned == [[A], [B]] and list(tracker.assigned()) == []
 
 
 class _RouterStandIn:
     def __init__(self) -> None:
-        self.held = 0
         self.abandoned: list[list[TopicPartition]] = []
 
     def abandon(self, partitions) -> int:
         self.abandoned.append(list(partitions))
         return 0
-
-
-class _NoPeers:
-    def lookup(self, peer_id):
-        return None
 
 
 async def _silent_broker(task_status=trio.TASK_STATUS_IGNORED):
@@ -90,9 +92,6 @@ async def test_aiokafka_calls_end_at_the_trio_deadline_when_the_broker_is_silent
                 if call == "topic check":
                     await ensure_topics(settings, timeout=1.0)
                 else:
-                    tracker = OffsetTracker()
-                    send, _receive = trio.open_memory_channel[OutboundRecord](1)
-                    router = CommandRouter(settings, _NoPeers(), send, tracker.settle, lambda: None)
-                    await _cross(1.0, AioConsumer(settings, CommandIntake(tracker, router, 10)).start)
+                    await cross(1.0, AioConsumer(settings, CommandIntake(OffsetTracker(), 10)).start)
             assert trio.current_time() - began < 5.0  # the deadline, plus asyncio's cleanup (RISKS 10)
         nursery.cancel_scope.cancel()

@@ -15,8 +15,8 @@ import trio
 import trio_asyncio
 
 import edge
-from edge.kafka.state import KafkaState
-from edge.nursery import _log_asyncio_exception
+from edge.nursery import log_asyncio_exception
+from edge.ops.readiness import KafkaState
 from edge.proto import pb
 from tests.bridge.support import Collector, bridge_settings
 from tests.kafka.broker import free_port
@@ -68,7 +68,7 @@ async def test_unretrieved_failed_future_does_not_tear_down_the_loop():
     the loop goes on serving crossings (trio-asyncio's default handler would raise into its nursery)."""
     with structlog.testing.capture_logs() as logs:
         async with trio_asyncio.open_loop() as loop:
-            loop.set_exception_handler(_log_asyncio_exception)
+            loop.set_exception_handler(log_asyncio_exception)
 
             async def abandon_a_failed_future() -> None:
                 future = asyncio.get_running_loop().create_future()
@@ -90,7 +90,7 @@ async def test_unretrieved_failed_future_does_not_tear_down_the_loop():
 
 async def test_without_the_handler_one_failed_future_tears_the_loop_down():
     """The control for the test above: trio-asyncio's own handler turns the same stray future into an
-    error of the whole loop, which is why edge.nursery installs `_log_asyncio_exception`."""
+    error of the whole loop, which is why edge.nursery installs `log_asyncio_exception`."""
     with pytest.raises(BaseExceptionGroup) as caught:
         async with trio_asyncio.open_loop():
 

@@ -11,7 +11,7 @@ import structlog
 import trio
 
 import edge
-from edge.kafka.state import KafkaState
+from edge.ops.readiness import KafkaState
 from edge.proto import pb
 from tests.bridge.support import Collector, bridge_settings
 from tests.kafka.client import consume_records

@@ -18,11 +18,12 @@ import trio
 import trio.testing
 
 from edge.config import settings_for_tests
+from edge.handoff import Delivery, SessionGone
 from edge.kafka.backoff import RetryPolicy
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.router import CommandRouter
-from edge.peers.session import Delivery, SessionGone
+from edge.ops.metrics import EdgeMetrics
 from edge.records import OutboundRecord
 
 WALL0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)
@@ -111,7 +112,13 @@ async def start(nursery: trio.Nursery, seed: int = 1, **overrides) -> Harness:
     tracker.assign(PARTITION)
     harness: Harness
     router = CommandRouter(
-        settings, directory, send, tracker.settle, lambda: harness.wall(), random=random.Random(seed).random
+        settings,
+        directory,
+        send,
+        tracker.settle,
+        lambda: harness.wall(),
+        random=random.Random(seed).random,
+        metrics=EdgeMetrics.create(),
     )
     harness = Harness(router, directory, receive, tracker, trio.current_time())
     await nursery.start(router.serve)

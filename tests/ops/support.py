@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from edge.config import Settings
-from edge.kafka.state import KafkaState
+from edge.ops.readiness import KafkaState
 from edge.peers.registry import PeerRegistry
 from edge.records import OutboundRecord
 

@@ -18,7 +18,7 @@ from edge.proto import pb
 from edge.kafka.tools import TailRecord
 from edge.tools.peer_sim import answers_for, latency_percentiles, merge_snapshots, tiny_png
 from edge.tools.send_command import CommandError, build_command
-from edge.tools.tail import format_record, record_json, resolve_topics
+from edge.tools.tail import failure_lines, format_record, leaves, record_json, resolve_topics
 from edge.config import load_settings
 
 
@@ -175,3 +175,15 @@ def test_tail_topics_and_rendering():
     assert "<8 bytes>" in format_record(TailRecord("s", 0, 0, 0, None, json.dumps(shot).encode()))
     assert "not json" in format_record(TailRecord("s", 0, 0, 0, None, b"not json"))
     assert json.loads(record_json(record))["value"]["epoch"] == 3
+
+
+def test_tail_reports_every_error_of_a_group():
+    """Nested exception groups are opened, not cut down to their first leaf."""
+    first, second, third = OSError("refused"), TimeoutError("slow"), ValueError("odd")
+    group = ExceptionGroup("tail", [first, ExceptionGroup("loop", [second, third])])
+    assert leaves(group) == [first, second, third]
+    assert failure_lines("k:9092", leaves(group)) == [
+        "tail: Kafka at k:9092: OSError: refused",
+        "tail: Kafka at k:9092: TimeoutError: slow",
+        "tail: Kafka at k:9092: ValueError: odd",
+    ]

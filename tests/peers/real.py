@@ -26,8 +26,9 @@ import trio_asyncio
 from edge.config import Settings, settings_for_tests
 from edge.grpc import GrpcServerStats
 from edge.kafka.bridge import serve_kafka_bridge
-from edge.kafka.state import KafkaState
-from edge.nursery import _log_asyncio_exception, utc_now
+from edge.nursery import log_asyncio_exception, utc_now
+from edge.ops.readiness import KafkaState
+from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.proto import CONNECT_PATH, pb
@@ -91,18 +92,29 @@ async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
     scope = trio.CancelScope()
     stopped = trio.Event()
     grpc_settings = grpc_config(settings)
+    runtime = EdgeRuntime.create(settings.edge_id)  # its metrics and readiness; the transport counters are `stats`
 
     async def serve(task_status: trio.TaskStatus[int]) -> None:
         try:
             with scope:
                 async with trio_asyncio.open_loop() as loop:
-                    loop.set_exception_handler(_log_asyncio_exception)
+                    loop.set_exception_handler(log_asyncio_exception)
                     async with trio.open_nursery() as nursery:
                         await nursery.start(
-                            serve_kafka_bridge, settings, events_receive, events_send.clone(), registry, KafkaState(), utc_now
+                            partial(serve_kafka_bridge, metrics=runtime.metrics),
+                            settings,
+                            events_receive,
+                            events_send.clone(),
+                            registry,
+                            KafkaState(),
+                            utc_now,
                         )
                         port = await nursery.start(
-                            partial(serve_peers, config=grpc_settings, stats=stats), settings, events_send, registry, utc_now
+                            partial(serve_peers, runtime=runtime, config=grpc_settings, stats=stats),
+                            settings,
+                            events_send,
+                            registry,
+                            utc_now,
                         )
                         task_status.started(port)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,6 +25,7 @@ import trio.testing
 
 from edge.config import Settings
 from edge.grpc import GrpcServerConfig, GrpcServerStats, StatusCode, serve_grpc_connection
+from edge.ops.metrics import EdgeMetrics
 from edge.peers.endings import Ending, serve_endings
 from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
@@ -211,11 +213,17 @@ class MemoryEdge:
 
     def __init__(self, settings: Settings, clients: trio.Nursery, event_buffer: int) -> None:
         self.settings = settings
+        self.metrics = EdgeMetrics.create(settings.edge_id)
         self.registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
         self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
         self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
         self.handler = PeerStreamHandler(
-            settings=settings, registry=self.registry, events=self.events, now=fixed_now, endings=self._endings
+            settings=settings,
+            registry=self.registry,
+            events=self.events,
+            now=fixed_now,
+            endings=self._endings,
+            metrics=self.metrics,
         )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
@@ -234,7 +242,12 @@ class MemoryEdge:
             async with self.events:
                 with self.scope:
                     async with trio.open_nursery() as nursery:
-                        await nursery.start(serve_endings, self._endings_out, self.events, self.settings.shutdown_timeout_sec)
+                        await nursery.start(
+                            partial(serve_endings, metrics=self.metrics),
+                            self._endings_out,
+                            self.events,
+                            self.settings.shutdown_timeout_sec,
+                        )
                         async with self._endings:
                             async with trio.open_nursery() as connections:
                                 self._connections = connections

@@ -17,7 +17,7 @@ import trio.testing
 from edge.config import settings_for_tests
 from edge.grpc import StatusCode
 from edge.peers import protocol
-from edge.peers.session import Delivery, SessionGone
+from edge.handoff import Delivery, SessionGone
 from edge.proto import pb
 from edge.records import DisconnectReason
 

@@ -1,4 +1,9 @@
-"""Whether the bridge can do its job right now: read by health checks, written by the bridge tasks."""
+"""Whether the Kafka bridge can do its job right now: written by the bridge's tasks, read
+by the edge's readiness (`EdgeHealth` in edge.ops.health) and by `/metrics`.
+
+It lives under ops, below both: the bridge reports into it, the health checks read it, and neither
+imports the other.
+"""
 
 from __future__ import annotations
 
