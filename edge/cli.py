@@ -415,7 +415,7 @@ def _run(settings: Settings, *, embedded_kafka: bool, embedded_kafka_port: int) 
     except* ConfigError as group:  # raised at start-up, inside the root nursery
         bad_settings = list(_leaves(group))
     except* StartupRefused as group:
-        refusals = list(_leaves(group))  # type: ignore[arg-type]
+        refusals = [error for error in _leaves(group) if isinstance(error, StartupRefused)]
     except* EmbeddedKafkaError as group:
         broker_failures = list(_leaves(group))
     for error in bad_settings:
