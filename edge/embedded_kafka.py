@@ -31,7 +31,8 @@ The broker's lifetime is tied to the edge's in three ways:
   thread that may exit at any time; polling getppid() would add a wake-up loop and a delay. A pipe
   needs neither: EOF is immediate and does not depend on which thread spawned whom. The write end is
   not inheritable (`os.pipe` makes close-on-exec descriptors), so no other child of the edge keeps
-  the broker alive.
+  the broker alive. The `pid` in the `embedded_kafka.*` log events is the watchdog's, which is also
+  the id of the process group the broker is in (`pkill -g PID` ends both).
 
 This module is Trio only (no asyncio); the wire-protocol helpers at the top are plain functions
 over bytes, so they are tested without a loop and reused by the test suite's broker harness.
@@ -85,7 +86,7 @@ ERROR_UNSUPPORTED_VERSION: Final = 35
 #: The watchdog between the edge and the broker (see the module docstring), run as
 #: `python -I -c WATCHDOG_SOURCE GRACE_SEC BROKER_COMMAND...` with the pipe's read end as its stdin.
 #: It exits with the broker's exit code (128 + N when signal N ended the broker). SIGTERM to the
-#: watchdog is passed on to the broker; SIGINT is ignored (the edge decides when the broker stops).
+#: watchdog is passed on to the broker. (No terminal sends it SIGINT: its session has none.)
 WATCHDOG_SOURCE: Final = """
 import os, signal, subprocess, sys, threading
 
@@ -100,7 +101,6 @@ def stop(*_):
         broker.terminate()
 
 signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, signal.SIG_IGN)
 broker = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
 if stopping:
     stop()
@@ -488,35 +488,36 @@ async def serve_embedded_kafka(
     # The edge holds the only write end for as long as the broker may live (see the module docstring).
     lifeline_read, lifeline_write = os.pipe()
     try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-I", "-c", WATCHDOG_SOURCE, str(STOP_GRACE_SEC), *command],
-            stdin=lifeline_read,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # out of the terminal's foreground group: Ctrl-C is the edge's
-        )
-    except OSError as error:
-        os.close(lifeline_write)
-        raise EmbeddedKafkaError(f"cannot run the Tansu broker {binary}: {error}") from None
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-I", "-c", WATCHDOG_SOURCE, str(STOP_GRACE_SEC), *command],
+                stdin=lifeline_read,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # out of the terminal's foreground group: Ctrl-C is the edge's
+            )
+        except OSError as error:
+            raise EmbeddedKafkaError(f"cannot run the Tansu broker {binary}: {error}") from None
+        finally:
+            os.close(lifeline_read)
+            log_file.close()  # the child holds its own descriptors
+        log.info("embedded_kafka.starting", pid=process.pid, bootstrap=bootstrap, log=str(log_path))
+        try:
+            await _wait_ready(process, advertised_host, port, log_path, log_start)
+            log.info(
+                "embedded_kafka.ready",
+                pid=process.pid,
+                bootstrap=bootstrap,
+                startup_sec=round(trio.current_time() - started_at, 3),
+            )
+            task_status.started(bootstrap)
+            await process.wait()
+            tail = await _log_tail(log_path, log_start)
+            raise EmbeddedKafkaError(
+                f"embedded Kafka broker exited with code {process.returncode}; last lines of {log_path}:\n{tail}"
+            )
+        finally:
+            await _stop(process)
     finally:
-        os.close(lifeline_read)
-        log_file.close()  # the child holds its own descriptors
-    log.info("embedded_kafka.starting", pid=process.pid, bootstrap=bootstrap, log=str(log_path))
-    try:
-        await _wait_ready(process, advertised_host, port, log_path, log_start)
-        log.info(
-            "embedded_kafka.ready",
-            pid=process.pid,
-            bootstrap=bootstrap,
-            startup_sec=round(trio.current_time() - started_at, 3),
-        )
-        task_status.started(bootstrap)
-        await process.wait()
-        tail = await _log_tail(log_path, log_start)
-        raise EmbeddedKafkaError(
-            f"embedded Kafka broker exited with code {process.returncode}; last lines of {log_path}:\n{tail}"
-        )
-    finally:
-        await _stop(process)
-        os.close(lifeline_write)
+        os.close(lifeline_write)  # the watchdog's EOF, should it still be there
