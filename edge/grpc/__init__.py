@@ -2,7 +2,7 @@
 
 purerpc 0.8.0's own server leaks handlers on client resets, swallows Cancelled, leaks exception text,
 has no graceful shutdown and unbounded sizes (RISKS.md 1-8). This package keeps purerpc's HTTP/2 + gRPC
-parsing (subclassed in `connection.py`) and replaces everything that does I/O (`server.py`).
+parsing (subclassed in `protocol.py`) and replaces everything that does I/O (`server.py`).
 
     routes = {"/giggityflix.edge.v1.PeerEdgeService/Connect": handler}
     port = await nursery.start(serve_grpc, GrpcServerConfig(host, 0, ssl_context), routes)
@@ -13,7 +13,6 @@ A handler is `async def handler(stream: ServerStream) -> Status | None`.
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.config import GrpcServerConfig
-from edge.grpc.connection import InboundMeter
 from edge.grpc.errors import (
     ConnectionLost,
     MessageTooLarge,
@@ -23,6 +22,7 @@ from edge.grpc.errors import (
     StreamReset,
     UnsupportedEncoding,
 )
+from edge.grpc.limits import InboundMeter
 from edge.grpc.server import Handler, serve_grpc, serve_grpc_connection
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream

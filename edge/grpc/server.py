@@ -41,8 +41,8 @@ import trio
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.config import GrpcServerConfig
-from edge.grpc.connection import (
-    GrpcServerProtocol,
+from edge.grpc.errors import ConnectionLost, StreamError, StreamReset
+from edge.grpc.events import (
     PeerGoingAway,
     PeerSettingsReceived,
     Request,
@@ -52,7 +52,7 @@ from edge.grpc.connection import (
     StreamReadable,
     StreamResetByPeer,
 )
-from edge.grpc.errors import ConnectionLost, StreamError, StreamReset
+from edge.grpc.protocol import GrpcServerProtocol
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream
 

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import h2.exceptions
 import trio
 
-from edge.grpc.connection import NOT_READY, GrpcServerProtocol, Request
 from edge.grpc.errors import MessageTooLarge, StreamReset
+from edge.grpc.events import NOT_READY, Request
 from edge.grpc.framing import frame_message
+from edge.grpc.protocol import GrpcServerProtocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -1,15 +1,17 @@
-"""The server side of one gRPC-over-HTTP/2 connection, sans I/O.
+"""`GrpcServerProtocol`: the server side of one gRPC-over-HTTP/2 connection, sans I/O.
 
-`GrpcServerProtocol` subclasses purerpc's `GRPCConnection` (which wraps h2's `H2Connection`) and fixes,
-in this layer, what purerpc's server gets wrong (RISKS.md 1, 4, 5):
+It subclasses purerpc's `GRPCConnection` (which wraps h2's `H2Connection`) and fixes, in this layer, what
+purerpc's own server gets wrong: reset streams that never reach their handler, unbounded sizes, and
+compressed or oversized messages that kill the whole connection.
 
 * a client's RST_STREAM and GOAWAY become events (`StreamResetByPeer`, `PeerGoingAway`) instead of being
   dropped;
-* each stream keeps its own bounded queue of complete messages. Bytes are acknowledged to the peer (HTTP/2
-  WINDOW_UPDATE) as they are buffered, so one message larger than the flow-control window still gets
-  through, and acknowledging stops while the queue is full, so a slow handler pushes back on its client
-  through HTTP/2 flow control instead of growing memory. Per stream the buffer holds at most about
-  `stream_inbound_queue * max_message_bytes + max_message_bytes + stream_window_bytes`;
+* each stream keeps its own bounded queue of complete messages (`inbound.InboundStream`). Bytes are
+  acknowledged to the peer (HTTP/2 WINDOW_UPDATE) as they are buffered, so one message larger than the
+  flow-control window still gets through, and acknowledging stops while the queue is full, so a slow
+  handler pushes back on its client through HTTP/2 flow control instead of growing memory. Per stream the
+  buffer holds at most about `stream_inbound_queue * max_message_bytes + max_message_bytes +
+  stream_window_bytes`;
 * a message's declared length is checked before its body is buffered; an oversized, undecodable or
   over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
   never the connection;
@@ -21,26 +23,23 @@ in this layer, what purerpc's server gets wrong (RISKS.md 1, 4, 5):
   stream back (its queue full, acknowledgements withheld) is reported to the meter (`held`/`released`),
   so a client is not blamed for the backlog a slow handler made it build;
 * late WINDOW_UPDATE/RST_STREAM frames for streams that already closed are dropped before h2 3.2 can
-  turn them into a connection error (`_LateFrameSplitter`), and request headers are decoded per request,
-  so non-UTF-8 metadata fails that call, not the connection. Client trailers and HEADERS-with-END_STREAM
-  requests (zero messages) are accepted, where purerpc would fail the connection.
+  turn them into a connection error (`late_frames.LateFrameSplitter`), and request headers are decoded
+  per request, so non-UTF-8 metadata fails that call, not the connection. Client trailers and
+  HEADERS-with-END_STREAM requests (zero messages) are accepted, where purerpc would fail the connection.
 
 Known h2 3.2 limits kept as they are: a client that opens more streams than MAX_CONCURRENT_STREAMS, or
 sends a header list over MAX_HEADER_LIST_SIZE, gets a connection error (GOAWAY) rather than a stream
 error. Well-behaved clients (grpcio) never do either.
 
-Nothing here awaits: the Trio shell in `server.py` moves bytes in (`receive_data`) and out
+The methods overridden below are private hooks of purerpc 0.8.0's `GRPCConnection`, called from its
+`__init__` and `receive_data`.
+
+Nothing here awaits: the Trio shell (`server.py`) moves bytes in (`receive_data`) and out
 (`data_to_send`) and wakes tasks on the returned events. Tests drive it with a plain h2 client.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
-from collections.abc import Callable
-from typing import Final, Protocol
-
-import attrs
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -53,252 +52,24 @@ from purerpc.grpclib.exceptions import ProtocolError as GrpcHeaderError
 from purerpc.grpclib.headers import HeaderDict
 from purerpc.grpclib.status import Status, StatusCode
 
-from edge.grpc.errors import ProtocolViolation, RateLimited, StreamError, StreamReset
-from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
-
-#: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
-H2_DEFAULT_WINDOW: Final = 65_535
-MAX_WINDOW: Final = 2**31 - 1
-
-
-class InboundMeter(Protocol):
-    """Counts one stream's inbound messages (times are the caller's clock, e.g. trio.current_time())."""
-
-    def message(self, now: float) -> bool:
-        """One message arrived; False if that is over the limit."""
-
-    def held(self, now: float) -> None:
-        """The server started holding the stream back (queue full)."""
-
-    def released(self, now: float) -> None:
-        """The server stopped holding it back."""
-
-    def exceeded_message(self) -> str:
-        """Text for the client once over the limit (no exception text: numbers and fixed words)."""
-
-
-@attrs.frozen
-class ProtocolLimits:
-    """Bounds for one connection. Built from `GrpcServerConfig`."""
-
-    max_message_bytes: int
-    max_concurrent_streams: int
-    stream_inbound_queue: int
-    stream_window_bytes: int
-    max_header_list_bytes: int
-    #: Makes each stream's inbound meter (given the time the stream started); None: no rate limit.
-    message_meter: Callable[[float], InboundMeter] | None = None
-
-    @property
-    def connection_window_bytes(self) -> int:
-        """Room for every stream to hold back a full window at once and one more to keep moving: a
-        stalled stream can never starve its neighbours of connection-level window."""
-        return min(MAX_WINDOW, (self.max_concurrent_streams + 1) * self.stream_window_bytes)
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-
-@attrs.frozen
-class Request:
-    """A validated gRPC request's headers."""
-
-    stream_id: int
-    path: str
-    metadata: tuple[tuple[str, str | bytes], ...]
-    authority: str | None
-    message_encoding: str | None
-    timeout: float | None  # seconds, from grpc-timeout
-
-
-@attrs.frozen
-class RequestStarted:
-    request: Request
-
-
-@attrs.frozen
-class RequestRejected:
-    """Headers that are not a gRPC request; already answered with `status`, no handler needed."""
-
-    stream_id: int
-    status: Status = attrs.field(eq=False)
-    reason: str
-
-
-@attrs.frozen
-class StreamReadable:
-    """A message, the end of the request stream, or a stream error is ready for `next_message`."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class StreamResetByPeer:
-    stream_id: int
-    error_code: int
-
-
-@attrs.frozen
-class SendWindowOpened:
-    """More may be sent on `stream_id` (0: on every stream)."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class PeerSettingsReceived:
-    """The client's SETTINGS arrived (the first one completes its connection preface)."""
-
-
-@attrs.frozen
-class PeerGoingAway:
-    """The client sent GOAWAY. h2 cannot send anything after that, so every stream is over."""
-
-    error_code: int
-    last_stream_id: int
-
-
-Event = (
-    RequestStarted
-    | RequestRejected
-    | StreamReadable
-    | StreamResetByPeer
-    | SendWindowOpened
-    | PeerSettingsReceived
-    | PeerGoingAway
+from edge.grpc.errors import StreamReset
+from edge.grpc.events import (
+    NOT_READY,
+    Event,
+    NotReady,
+    PeerGoingAway,
+    PeerSettingsReceived,
+    Request,
+    RequestRejected,
+    RequestStarted,
+    SendWindowOpened,
+    StreamReadable,
+    StreamResetByPeer,
 )
-
-
-class _Pending(enum.Enum):
-    NOT_READY = "not ready"
-
-
-#: `next_message` result: nothing to hand out yet, wait for `StreamReadable`.
-NOT_READY: Final = _Pending.NOT_READY
-
-
-@attrs.define
-class _InboundStream:
-    parser: MessageParser
-    queue: collections.deque[bytes] = attrs.field(factory=collections.deque)
-    queued_bytes: int = 0
-    withheld: int = 0  # flow-controlled bytes received but not yet acknowledged to the peer
-    remote_ended: bool = False
-    reset_code: int | None = None
-    failure: StreamError | None = None
-    meter: InboundMeter | None = None
-    held: bool = False  # acknowledgements withheld because the queue is full (meter told)
-    arrived: int = 0  # messages that arrived within the meter's limit
-    extracted: int = 0  # messages cut out of the parser into the queue
-    #: Once over the rate: deliver the first `cutoff` messages, then fail with `over_limit`.
-    cutoff: int | None = None
-    over_limit: StreamError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return self.queued_bytes + self.parser.buffered_bytes
-
-
-# ---------------------------------------------------------------------------------- late-frame filter
-
-_CLIENT_PREFACE_BYTES: Final = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME_HEADER_BYTES: Final = 9
-_RST_STREAM: Final = 0x3
-_WINDOW_UPDATE: Final = 0x8
-_MAX_HELD_PAYLOAD: Final = 16  # both frame types have 4-byte payloads; anything bigger is h2's to reject
-
-
-class _LateFrameSplitter:
-    """Cuts the inbound byte stream so each stream-level RST_STREAM / WINDOW_UPDATE frame is its own piece.
-
-    Why: RFC 9113 5.1 says a peer may still send WINDOW_UPDATE or RST_STREAM for a stream shortly after
-    it closed, and those must be ignored. h2 3.2 (pinned by purerpc) instead raises a *connection* error
-    for them once it has forgotten the closed stream (which it does whenever a new stream is opened), so a
-    late WINDOW_UPDATE from grpcio would kill every other stream on the connection. Feeding these frames
-    to h2 one by one lets `GrpcServerProtocol` drop the ones addressed to closed streams, deciding with
-    h2's state as it is at that exact frame. Everything else passes through in as few pieces as possible.
-    """
-
-    __slots__ = ("_header", "_held", "_held_need", "_held_stream", "_passthrough", "_preface_left")
-
-    def __init__(self, *, server_side: bool = True) -> None:
-        # A server's inbound bytes start with the client's connection preface; a client's do not.
-        self._preface_left = _CLIENT_PREFACE_BYTES if server_side else 0
-        self._passthrough = 0  # payload bytes of the current ordinary frame still to pass on
-        self._header = bytearray()  # a frame header split across reads
-        self._held: bytearray | None = None  # a RST_STREAM/WINDOW_UPDATE frame being collected
-        self._held_need = 0
-        self._held_stream = 0
-
-    def split(self, data: bytes) -> list[tuple[bytes, int | None]]:
-        """Pieces in order: (bytes, None) to pass on, or (one whole frame, its stream id)."""
-        pieces: list[tuple[bytes, int | None]] = []
-        size = len(data)
-        run_start = 0
-        i = 0
-        while i < size:
-            if self._preface_left:
-                step = min(self._preface_left, size - i)
-                self._preface_left -= step
-                i += step
-                continue
-            if self._passthrough:
-                step = min(self._passthrough, size - i)
-                self._passthrough -= step
-                i += step
-                continue
-            if self._held is not None:
-                step = min(self._held_need - len(self._held), size - i)
-                self._held += data[i : i + step]
-                i += step
-                run_start = i
-                if len(self._held) == self._held_need:
-                    pieces.append((bytes(self._held), self._held_stream))
-                    self._held = None
-                continue
-            # At a frame boundary.
-            if self._header or size - i < _FRAME_HEADER_BYTES:
-                if i > run_start:
-                    pieces.append((data[run_start:i], None))
-                step = min(_FRAME_HEADER_BYTES - len(self._header), size - i)
-                self._header += data[i : i + step]
-                i += step
-                run_start = i
-                if len(self._header) < _FRAME_HEADER_BYTES:
-                    continue
-                header = bytes(self._header)
-                self._header.clear()
-                in_run = False
-            else:
-                header = data[i : i + _FRAME_HEADER_BYTES]
-                in_run = True
-            length = int.from_bytes(header[0:3], "big")
-            frame_type = header[3]
-            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFF_FFFF
-            if frame_type in (_RST_STREAM, _WINDOW_UPDATE) and stream_id and length <= _MAX_HELD_PAYLOAD:
-                if in_run:
-                    if i > run_start:
-                        pieces.append((data[run_start:i], None))
-                    i += _FRAME_HEADER_BYTES
-                    run_start = i
-                self._held = bytearray(header)
-                self._held_need = _FRAME_HEADER_BYTES + length
-                self._held_stream = stream_id
-                if length == 0:
-                    pieces.append((bytes(self._held), stream_id))
-                    self._held = None
-            else:
-                if in_run:
-                    i += _FRAME_HEADER_BYTES
-                else:
-                    pieces.append((header, None))
-                self._passthrough = length
-        if run_start < size:
-            pieces.append((data if run_start == 0 else data[run_start:], None))
-        return pieces
-
-
-# -------------------------------------------------------------------------------------------- protocol
+from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
+from edge.grpc.inbound import InboundStream
+from edge.grpc.late_frames import LateFrameSplitter
+from edge.grpc.limits import H2_DEFAULT_WINDOW, ProtocolLimits
 
 
 class GrpcServerProtocol(GRPCConnection):
@@ -306,7 +77,7 @@ class GrpcServerProtocol(GRPCConnection):
 
     def __init__(self, limits: ProtocolLimits) -> None:
         self.limits = limits
-        self._inbound: dict[int, _InboundStream] = {}
+        self._inbound: dict[int, InboundStream] = {}
         self._outbound = bytearray()
         #: Bytes held for handlers right now, over all streams (queued messages + partial ones).
         self.inbound_buffered_bytes = 0
@@ -315,7 +86,7 @@ class GrpcServerProtocol(GRPCConnection):
         self.goaway_sent = False
         self.peer_went_away = False
         self._now = 0.0  # the time given to the receive_data call being processed
-        self._splitter = _LateFrameSplitter()
+        self._splitter = LateFrameSplitter()
         super().__init__(
             GRPCConfiguration(
                 client_side=False,
@@ -396,7 +167,7 @@ class GrpcServerProtocol(GRPCConnection):
             timeout=timeout,
         )
         make_meter = self.limits.message_meter
-        self._inbound[stream_id] = _InboundStream(
+        self._inbound[stream_id] = InboundStream(
             parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding),
             meter=make_meter(self._now) if make_meter is not None else None,
         )
@@ -425,8 +196,8 @@ class GrpcServerProtocol(GRPCConnection):
         before = st.buffered
         arrived = st.parser.feed(event.data)
         if arrived and st.meter is not None:
-            self._meter(st, arrived)
-        self._extract(st)
+            st.count_arrivals(arrived, self._now)
+        st.extract(self.limits.stream_inbound_queue)
         if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None and st.cutoff is None:
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
@@ -446,7 +217,7 @@ class GrpcServerProtocol(GRPCConnection):
             return []
         before = st.buffered
         st.remote_ended = True
-        self._extract(st)
+        st.extract(self.limits.stream_inbound_queue)
         self._account(st, before)
         return [StreamReadable(event.stream_id)]
 
@@ -456,9 +227,7 @@ class GrpcServerProtocol(GRPCConnection):
             return []
         before = st.buffered
         st.reset_code = int(event.error_code)
-        st.queue.clear()
-        st.queued_bytes = 0
-        st.parser.discard()
+        st.discard()
         self._account(st, before)
         self._credit_withheld(event.stream_id, st)
         return [StreamResetByPeer(event.stream_id, st.reset_code)]
@@ -483,59 +252,25 @@ class GrpcServerProtocol(GRPCConnection):
 
     # ---- per-stream inbound state
 
-    def _meter(self, st: _InboundStream, arrived: int) -> None:
-        assert st.meter is not None
-        for _ in range(arrived):
-            if not st.meter.message(self._now):
-                st.cutoff = st.arrived
-                st.over_limit = RateLimited(st.meter.exceeded_message())
-                return
-            st.arrived += 1
-
     @property
     def every_stream_over_its_rate(self) -> bool:
         """True when the connection has streams and every one was cut off by its message meter: nothing
         more the client sends can be used, so the shell stops reading it."""
         return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
 
-    def _extract(self, st: _InboundStream) -> None:
-        """Cut complete messages out of the raw bytes until the queue is full."""
-        while st.failure is None and len(st.queue) < self.limits.stream_inbound_queue:
-            if st.cutoff is not None and st.extracted >= st.cutoff:
-                assert st.over_limit is not None
-                self._fail(st, st.over_limit)
-                return
-            try:
-                message = st.parser.next_message()
-            except StreamError as exc:
-                self._fail(st, exc)
-                return
-            if message is None:
-                if st.remote_ended and st.parser.mid_message:
-                    self._fail(st, ProtocolViolation("request stream ended inside a message"))
-                return
-            st.queue.append(message)
-            st.queued_bytes += len(message)
-            st.extracted += 1
-
-    def _fail(self, st: _InboundStream, exc: StreamError) -> None:
-        # Messages queued before the bad one are still delivered; then the error.
-        st.failure = exc
-        st.parser.discard()
-
-    def _account(self, st: _InboundStream, before: int) -> None:
+    def _account(self, st: InboundStream, before: int) -> None:
         after = st.buffered
         self.inbound_buffered_bytes += after - before
         if after > self.max_stream_buffered_bytes:
             self.max_stream_buffered_bytes = after
 
-    def _credit_withheld(self, stream_id: int, st: _InboundStream) -> None:
+    def _credit_withheld(self, stream_id: int, st: InboundStream) -> None:
         if st.withheld:
             # On a closed stream h2 credits only the connection window, which is what we want.
             self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
             st.withheld = 0
 
-    def next_message(self, stream_id: int, now: float | None = None) -> bytes | None | _Pending:
+    def next_message(self, stream_id: int, now: float | None = None) -> bytes | None | NotReady:
         """The next message body; None once the client half-closed and everything was handed out;
         NOT_READY if there is nothing yet. Raises StreamReset after RST_STREAM, and the stream's
         StreamError (after the messages queued before it). `now` (the caller's clock) tells the
@@ -545,9 +280,8 @@ class GrpcServerProtocol(GRPCConnection):
             raise StreamReset(st.reset_code)
         if st.queue:
             before = st.buffered
-            message = st.queue.popleft()
-            st.queued_bytes -= len(message)
-            self._extract(st)
+            message = st.pop()
+            st.extract(self.limits.stream_inbound_queue)
             if (
                 st.withheld
                 and st.failure is None
@@ -595,9 +329,7 @@ class GrpcServerProtocol(GRPCConnection):
         if st is None:
             return False
         before = st.buffered
-        st.queue.clear()
-        st.queued_bytes = 0
-        st.parser.discard()
+        st.discard()
         self._account(st, before)
         try:
             if status is None or st.reset_code is not None:
