@@ -1,6 +1,6 @@
 """What `GrpcServerProtocol.receive_data` tells the Trio shell: frozen event values, no behaviour.
 
-The connection's reader task turns each event into a wake-up or a new stream task (`server.py`).
+The connection's reader task turns each event into a wake-up or a new stream task (`connection.py`).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ error. Well-behaved clients (grpcio) never do either.
 The methods overridden below are private hooks of purerpc 0.8.0's `GRPCConnection`, called from its
 `__init__` and `receive_data`.
 
-Nothing here awaits: the Trio shell (`server.py`) moves bytes in (`receive_data`) and out
+Nothing here awaits: the Trio shell (`connection.py`) moves bytes in (`receive_data`) and out
 (`data_to_send`) and wakes tasks on the returned events. Tests drive it with a plain h2 client.
 """
 

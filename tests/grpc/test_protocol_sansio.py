@@ -25,7 +25,7 @@ from edge.grpc.framing import MessageParser, percent_encode_message
 from edge.grpc.late_frames import LateFrameSplitter
 from edge.grpc.limits import ProtocolLimits
 from edge.grpc.protocol import GrpcServerProtocol
-from edge.grpc.server import SHUTDOWN_STATUS
+from edge.grpc.stream_tasks import SHUTDOWN_STATUS
 from purerpc.grpclib.status import Status, StatusCode
 
 PATH = "/svc/Method"
