@@ -9,7 +9,7 @@ Task tree (inside the connection's nursery, `connection.py`):
 Who ends a stream's task, and what the client gets:
 * the handler returns a Status (or None: OK) or raises a StreamError: that status; a StreamReset it
   raises while the stream is alive: CANCELLED; any other exception: logged with its traceback, INTERNAL
-  "internal error" (never the exception text).
+  "internal error" (never the exception text). Exception groups are looked at whole (`_status_of`).
 * the client's grpc-timeout runs out (the scope's deadline): DEADLINE_EXCEEDED.
 * the client reset the stream or the connection is gone (`terminate`): nothing is sent; the handler has
   `shutdown_grace` seconds to return before its scope is cancelled.
@@ -161,14 +161,14 @@ class StreamTasks:
         """Run the handler; return the status to send (None: nothing, the stream is gone)."""
         result: object = None
         reset = False
-        stream_error: StreamError | None = None
+        stream_errors: list[StreamError] = []
         failure: BaseExceptionGroup[Exception] | None = None
         try:
             result = await handler(stream)
         except* StreamReset:
             reset = True
         except* StreamError as group:
-            stream_error = _first_leaf(group)
+            stream_errors = _leaves(group)
         except* Exception as group:
             # The per-stream boundary. Cancelled is not an Exception and goes on up.
             failure = group
@@ -181,14 +181,28 @@ class StreamTasks:
         if reset:
             # The handler raised StreamReset while the stream is alive (misuse): cancel the call.
             return CANCELLED_STATUS
-        if stream_error is not None:
-            stream_log.info("grpc_stream_error", error=str(stream_error), status=stream_error.status_code.name if stream_error.status_code else None)
-            return stream_error.status()
+        if stream_errors:
+            return self._status_of(stream_errors, stream_log)
         if result is None:
             return OK_STATUS
         if isinstance(result, Status):
             return result
         stream_log.error("grpc_handler_bad_return", returned=type(result).__name__)
+        return INTERNAL_STATUS
+
+    def _status_of(self, errors: list[StreamError], stream_log: Any) -> Status | None:
+        """The status for the stream errors a handler let out. Usually one; several (from tasks of the
+        handler's own nursery) give their status when they all agree, and INTERNAL when they do not,
+        since no one of them is the call's outcome; every one is logged either way."""
+        statuses = [error.status() for error in errors]
+        for error, status in zip(errors, statuses, strict=True):
+            stream_log.info(
+                "grpc_stream_error", error=str(error), status=status.status_code.name if status is not None else None
+            )
+        first = statuses[0]
+        if all(_same_status(status, first) for status in statuses[1:]):
+            return first
+        stream_log.error("grpc_handler_stream_errors_disagree", errors=len(errors))
         return INTERNAL_STATUS
 
     def _finish(self, stream: ServerStream, status: Status | None, stream_log: Any) -> None:
@@ -219,10 +233,21 @@ class StreamTasks:
         self._host.wake_writer()
 
 
-def _first_leaf(group: BaseException) -> Any:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
+def _leaves(group: BaseExceptionGroup[StreamError]) -> list[StreamError]:
+    """Every exception in `group`, nested groups flattened, in order."""
+    leaves: list[StreamError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
+
+
+def _same_status(a: Status | None, b: Status | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.status_code == b.status_code and a.status_message == b.status_message
 
 
 def _single(group: BaseExceptionGroup[Exception]) -> BaseException:
