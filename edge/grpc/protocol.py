@@ -32,7 +32,8 @@ sends a header list over MAX_HEADER_LIST_SIZE, gets a connection error (GOAWAY) 
 error. Well-behaved clients (grpcio) never do either.
 
 The methods overridden below are private hooks of purerpc 0.8.0's `GRPCConnection`, called from its
-`__init__` and `receive_data`.
+`__init__` and `receive_data`; `tests/grpc/test_purerpc_hooks.py` fails if the installed purerpc no
+longer calls them as this class assumes.
 
 Nothing here awaits: the Trio shell (`connection.py`) moves bytes in (`receive_data`) and out
 (`data_to_send`) and wakes tasks on the returned events. Tests drive it with a plain h2 client.
