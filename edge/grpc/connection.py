@@ -7,7 +7,8 @@ Task tree (nesting order is shutdown order):
         _reader_loop            socket -> GrpcServerProtocol -> wake streams / start stream tasks
         _writer_loop            GrpcServerProtocol -> socket, one chunk at a time under the send lock
         StreamTasks._run        one per stream, see `stream_tasks.py`
-      ServerConnection._close GOAWAY, flush, close; shielded, under a deadline
+      ServerConnection._close GOAWAY, flush, close; shielded, under a deadline (over TCP the close
+                              first waits for the client's EOF: `sockets.LingeringSocketStream`)
 
 Who owns what: the reader is the only task that reads the transport and feeds the protocol; the writer
 and `_close` are the only ones that write it, one at a time under `_send_lock`; streams queue frames in

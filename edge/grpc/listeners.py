@@ -4,8 +4,8 @@ Task tree (nesting order is shutdown order):
 
     serve_grpc                  owns the listeners and the connections nursery
       _accept_loop              one per listener, in the acceptors nursery (inside the connections one)
-      _serve_accepted           one per accepted socket, in the connections nursery: keepalive, TLS
-                                wrapper, then `serve_grpc_connection` (`connection.py`) until it ends
+      _serve_accepted           one per accepted socket, in the connections nursery: keepalive, a
+                                lingering close, TLS, then `serve_grpc_connection` (`connection.py`)
 
 Cancelled (server shutdown): every listener socket is closed first, synchronously, in the step that
 delivers the cancellation, so no connection is accepted while the open ones drain; then each connection
@@ -24,7 +24,7 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.connection import serve_grpc_connection
-from edge.grpc.sockets import set_keepalive, socket_peer_address
+from edge.grpc.sockets import LingeringSocketStream, set_keepalive, socket_peer_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler
 
@@ -120,7 +120,8 @@ async def _serve_accepted(
 ) -> None:
     remote_address = socket_peer_address(sock_stream.socket)
     set_keepalive(sock_stream.socket)
-    transport: trio.abc.Stream = sock_stream
+    # Closing waits (within shutdown_grace) for the client's EOF, so the last statuses are not reset.
+    transport: trio.abc.Stream = LingeringSocketStream(sock_stream, linger=config.shutdown_grace)
     if config.ssl_context is not None:
-        transport = trio.SSLStream(sock_stream, config.ssl_context, server_side=True)
+        transport = trio.SSLStream(transport, config.ssl_context, server_side=True)
     await serve_grpc_connection(transport, routes, config, stats=stats, remote_address=remote_address)
