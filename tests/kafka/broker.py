@@ -268,6 +268,7 @@ class _ProcessBroker:
     #: Seconds from spawn to answering Metadata, for the last start().
     startup_seconds: float | None = attrs.field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
+    _spawned_at: float = attrs.field(default=0.0, init=False)
 
     @property
     def bootstrap(self) -> str:
@@ -277,6 +278,11 @@ class _ProcessBroker:
     @property
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def spawned_at(self) -> float:
+        """time.monotonic() of the last spawn()."""
+        return self._spawned_at
 
     @property
     def pid(self) -> int | None:
@@ -294,9 +300,14 @@ class _ProcessBroker:
 
     def start(self, timeout: float = START_TIMEOUT_SEC) -> float:
         """Start the broker and wait until it answers Kafka requests; return the seconds it took."""
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the broker process without waiting for it (several at once: spawn each, then wait_ready)."""
         if self.is_running:
             raise BrokerError(f"broker {self.bootstrap} is already running")
-        began = time.monotonic()
+        self._spawned_at = time.monotonic()
         with self.output_path.open("ab") as output:
             self._proc = subprocess.Popen(  # our own command line
                 _die_with_parent(self._command()),
@@ -307,15 +318,18 @@ class _ProcessBroker:
                 env={**os.environ, "NO_COLOR": "1"},
                 start_new_session=True,  # a Ctrl-C in the terminal is ours to handle, not the JVM's
             )
+        _LIVE.add(self)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_SEC) -> float:
+        """Wait until the spawned broker answers Metadata; the seconds since spawn(). Killed on failure."""
         ready = False
         try:
-            _LIVE.add(self)
-            self._wait_ready(began + timeout)
+            self._wait_ready(self._spawned_at + timeout)
             ready = True
         finally:
             if not ready:
                 self.kill()
-        self.startup_seconds = time.monotonic() - began
+        self.startup_seconds = time.monotonic() - self._spawned_at
         return self.startup_seconds
 
     def _wait_ready(self, deadline: float) -> None:
@@ -412,27 +426,40 @@ logger.request.level = WARN
 """
 
 
-def _server_properties(*, host: str, port: int, controller_port: int, data_dir: Path) -> str:
+def server_properties(
+    *,
+    host: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    node_id: int = 1,
+    voters: str | None = None,
+    replicas: int = 1,
+) -> str:
+    """A combined broker+controller node's configuration. `voters` ("1@host:port,2@...") makes it one
+    node of a cluster; `replicas` is the replication of internal and default topics (min ISR one less,
+    at least 1)."""
+    min_isr = str(max(1, replicas - 1))
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{host}:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@{host}:{controller_port}",
         "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir),
-        # One node: every internal topic has one replica and needs one in sync.
-        "offsets.topic.replication.factor": "1",
+        # One node: every internal topic has one replica and needs one in sync; three: 3 and 2.
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         # After a hard kill the restarted node must wait out its own old broker session before it can
         # register again (DUPLICATE_BROKER_REGISTRATION); the default 9 s makes kill+start take ~13 s.
@@ -449,7 +476,7 @@ def _server_properties(*, host: str, port: int, controller_port: int, data_dir: 
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -460,6 +487,12 @@ class KafkaBroker(_ProcessBroker):
     controller_port: int = attrs.field(kw_only=True)
     jars_dir: Path = attrs.field(kw_only=True)
     version: str = attrs.field(kw_only=True)
+    node_id: int = attrs.field(default=1, kw_only=True)
+    #: "1@host:port,2@host:port,...": the controller quorum, when this node is one of a cluster.
+    voters: str | None = attrs.field(default=None, kw_only=True)
+    replicas: int = attrs.field(default=1, kw_only=True)
+    cluster_id: str = attrs.field(factory=new_cluster_id, kw_only=True)
+    jvm_options: tuple[str, ...] = attrs.field(default=JVM_OPTIONS, kw_only=True)
 
     @classmethod
     def create(
@@ -470,8 +503,11 @@ class KafkaBroker(_ProcessBroker):
         port: int = 0,
         controller_port: int = 0,
         version: str | None = None,
+        **node: object,
     ) -> KafkaBroker:
-        """Fetch jars if needed, pick ports, write the config and format the storage. Not started."""
+        """Fetch jars if needed, pick ports, write the config and format the storage. Not started.
+
+        `node` sets the cluster fields (node_id, voters, replicas, cluster_id, jvm_options)."""
         version = version or kafka_version()
         jars = fetch_jars(version)
         directory, owned = _work_dir(work_dir, "edge-kafka-")
@@ -487,6 +523,7 @@ class KafkaBroker(_ProcessBroker):
             controller_port=controller_port,
             jars_dir=jars,
             version=version,
+            **node,  # type: ignore[arg-type]
         )
         configured = False
         try:
@@ -515,7 +552,7 @@ class KafkaBroker(_ProcessBroker):
     def _java(self, main_class: str, *args: str) -> list[str]:
         return [
             java_binary(),
-            *JVM_OPTIONS,
+            *self.jvm_options,
             f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
             "-cp",
             str(self.jars_dir / "*"),
@@ -526,8 +563,14 @@ class KafkaBroker(_ProcessBroker):
     def _configure(self) -> None:
         properties = self.work_dir / "server.properties"
         properties.write_text(
-            _server_properties(
-                host=self.host, port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+            server_properties(
+                host=self.host,
+                port=self.port,
+                controller_port=self.controller_port,
+                data_dir=self.data_dir,
+                node_id=self.node_id,
+                voters=self.voters,
+                replicas=self.replicas,
             )
         )
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.server_log))
@@ -537,7 +580,7 @@ class KafkaBroker(_ProcessBroker):
             "kafka.tools.StorageTool",
             "format",
             # `=` form: a base64 id may start with "-", which argparse would take for an option.
-            f"--cluster-id={_cluster_id()}",
+            f"--cluster-id={self.cluster_id}",
             "-c",
             str(properties),
             "--ignore-formatted",

@@ -6,7 +6,11 @@ Which broker `kafka_bootstrap` gives, in order:
 - otherwise: a single-node Apache Kafka broker from tests/kafka/broker.py, one per session.
 
 Tests that stop, kill or restart the broker take `kafka_broker`; it is skipped against an external
-broker, and the broker is running again after each test that uses it. Tests talking to a broker run
+broker, and the broker is running again after each test that uses it.
+
+`kafka_cluster` is a 3-node Apache Kafka cluster (tests/kafka/cluster.py: KRaft, replication factor 3,
+min.insync.replicas 2), started once per session on first use, whatever EDGE_TEST_KAFKA says; every
+node is running again after each test. Mark its tests `cluster` (`-m "not cluster"` leaves them out). Tests talking to a broker run
 on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
 """
 
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.kafka.broker import Broker, KafkaBroker, TansuBroker
+from tests.kafka.cluster import KafkaCluster
 
 ENV_BOOTSTRAP = "EDGE_TEST_KAFKA_BOOTSTRAP"
 ENV_KIND = "EDGE_TEST_KAFKA"
@@ -71,6 +76,28 @@ def kafka_broker(_kafka_session_broker: Broker | None) -> Iterator[Broker]:
     finally:
         if not broker.is_running:
             broker.start()
+
+
+@pytest.fixture(scope="session")
+def _kafka_session_cluster() -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster.create()
+    try:
+        seconds = cluster.start()
+        print(f"\n# kafka_cluster: {len(cluster.nodes)} nodes ready in {seconds:.1f} s ({cluster.bootstrap})")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_session_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
+    """The session's 3-node cluster, to kill()/stop_node()/start_node(); all nodes running after the test."""
+    cluster = _kafka_session_cluster
+    try:
+        yield cluster
+    finally:
+        if len(cluster.running) < len(cluster.nodes):
+            cluster.start()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,231 @@
+"""The edge on a 3-broker Kafka cluster (`kafka_cluster`: KRaft, replication factor 3, min.insync.replicas 2).
+
+Rules: real clock and real brokers (RISKS 13); every wait is for a condition under a deadline; the
+load is paced with short sleeps (it is the test's load, not the edge's timing). Figures (lost and
+duplicated events and commands across a broker SIGKILL, broker restart time) are printed for
+docs/scaling.md, never asserted as timings. Every node is running again after each test.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import attrs
+import pytest
+import structlog
+import trio
+import trio_asyncio
+
+import edge
+from edge.kafka.topics import ensure_topics, required_topics
+from edge.ops.readiness import KafkaState
+from edge.proto import pb
+from tests.bridge.support import Collector, bridge_settings, command
+from tests.kafka.client import (
+    NotEnoughRecords,
+    Partition,
+    consume_records,
+    create_topics,
+    describe_partitions,
+    produce_records,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.cluster]
+
+PEERS = 10
+EVENTS_PER_PEER = 400
+COMMANDS = 600
+COMMAND_BATCH = 30
+
+
+async def test_cluster_replicates_and_edge_topics_get_three_replicas(kafka_cluster, kafka_topic_prefix, tls_files):
+    """All three brokers are registered; with KAFKA_TOPIC_REPLICATION_FACTOR=0 (auto) the edge creates
+    its topics with 3 replicas, all in sync; a topic made with the client helper is replicated too."""
+    settings = bridge_settings(
+        kafka_topic_prefix, kafka_cluster.bootstrap, tls_files, True, kafka_topic_replication_factor=0
+    )
+    async with trio_asyncio.open_loop():
+        created = await ensure_topics(settings, timeout=60)
+    assert set(created) == set(required_topics(settings))
+    partitions = await describe_partitions(kafka_cluster.bootstrap, created)
+    assert len(partitions) == len(created) * settings.kafka_topic_partitions
+    assert {(len(p.replicas), len(p.isr)) for p in partitions} == {(3, 3)}
+    assert {p.leader for p in partitions} <= {1, 2, 3}
+    extra = f"{kafka_topic_prefix}-extra"
+    await create_topics(kafka_cluster.bootstrap, [extra], partitions=2, replicas=3)
+    # New partitions take a moment to show in every broker's Metadata.
+    assert len(await _wait_isr_full(kafka_cluster.bootstrap, [extra], 3, timeout=30)) == 2
+
+
+@attrs.define
+class Figures:
+    """What a broker kill under load cost, printed for docs/scaling.md."""
+
+    events_sent: int = 0
+    events_unique: int = 0
+    events_duplicated: int = 0
+    commands_sent: int = 0
+    commands_unique: int = 0
+    commands_duplicated: int = 0
+    killed_node: int = 0
+    killed_after_events: int = 0
+    restart_sec: float = 0.0
+    isr_full_after_restart_sec: float | None = None
+    deadletters: int = 0
+
+    def line(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in attrs.asdict(self).items())
+
+
+async def _wait_isr_full(bootstrap: str, topics: list[str], replicas: int, timeout: float) -> list[Partition]:
+    with trio.fail_after(timeout):
+        while True:
+            partitions = await describe_partitions(bootstrap, topics)
+            if {p.topic for p in partitions} == set(topics) and all(len(p.isr) == replicas for p in partitions):
+                return partitions
+            await trio.sleep(0.2)
+
+
+async def _all_records(bootstrap: str, topic: str, wanted: set[str], key: str, timeout: float) -> list[Any]:
+    """Every record of `topic` once all `wanted` ids (value[key]) are among them, under a deadline."""
+    count = len(wanted)
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                records = await consume_records(bootstrap, topic, count=count, timeout=30)
+            except NotEnoughRecords as short:
+                records = short.records
+            seen = {r.value[key] for r in records}
+            if wanted <= seen:
+                return records
+            count = len(records) + len(wanted - seen)
+
+
+async def test_broker_sigkill_under_load_loses_no_event_or_command(
+    kafka_cluster, kafka_topic_prefix, tls_files, capsys
+):
+    """10 grpcio peers publish 4,000 events while 600 commands flow to them through one edge; the broker
+    leading the event topic's first partition is SIGKILLed a third of the way in and started again a few
+    seconds later. Every event reaches Kafka and every command reaches its peer; duplicates are counted
+    (the idempotent producer leaves none on the event side), nothing is dead-lettered."""
+    bootstrap = kafka_cluster.bootstrap
+    settings = bridge_settings(
+        kafka_topic_prefix,
+        bootstrap,
+        tls_files,
+        True,
+        kafka_topic_replication_factor=0,
+        kafka_request_timeout_sec=10.0,
+        retry_max_retries=10,
+        retry_max_delay_ms=2000,
+    )
+    figures = Figures(killed_after_events=PEERS * EVENTS_PER_PEER // 3)
+    peer_ids = [f"{kafka_topic_prefix}-p{i}" for i in range(PEERS)]
+    state = KafkaState()
+    third_sent = trio.Event()
+    killed = trio.Event()
+    restarted = trio.Event()
+
+    async def wait_ready() -> None:
+        with trio.fail_after(90):
+            while not state.ready:
+                await state.changed.wait()
+
+    async def publish(collector: Collector) -> None:
+        for n in range(EVENTS_PER_PEER):
+            collector.peer.send(
+                pb.PeerMessage(
+                    request_id=f"{collector.peer_id}/{n}",
+                    file_hash_response=pb.FileHashResponse(catalog_uuid=f"c{n}", hashes={"sha256": "ab"}),
+                )
+            )
+            figures.events_sent += 1
+            if figures.events_sent >= figures.killed_after_events:
+                third_sent.set()
+            if n % 20 == 19:
+                await trio.sleep(0.05)  # pacing the load over ~1 s per 400 events and peer
+
+    async def send_commands() -> None:
+        for start in range(0, COMMANDS, COMMAND_BATCH):
+            batch = [
+                (peer_ids[i % PEERS], command(peer_ids[i % PEERS], f"cmd-{i}"))
+                for i in range(start, start + COMMAND_BATCH)
+            ]
+            await produce_records(bootstrap, settings.commands_topic, batch, idempotent=True, timeout=60)
+            figures.commands_sent += len(batch)
+            await trio.sleep(0.1)
+
+    async def kill_and_restart() -> None:
+        with trio.fail_after(60):
+            await third_sent.wait()
+        [first] = [p for p in await describe_partitions(bootstrap, [events_topic]) if p.partition == 0]
+        figures.killed_node = first.leader
+        kafka_cluster.kill(first.leader)
+        killed.set()
+        await trio.sleep(3.0)  # down for a few seconds while the load goes on
+        figures.restart_sec = round(await trio.to_thread.run_sync(kafka_cluster.start_node, first.leader), 2)
+        began = time.monotonic()
+        await _wait_isr_full(bootstrap, topics, 3, timeout=120)
+        figures.isr_full_after_restart_sec = round(time.monotonic() - began, 2)
+        restarted.set()
+
+    events_topic = settings.kafka_file_hash_responses_topic
+    topics = [events_topic, settings.commands_topic]
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            await wait_ready()
+            collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peer_ids]
+            try:
+                async with trio.open_nursery() as load:
+                    load.start_soon(kill_and_restart)
+                    load.start_soon(send_commands)
+                    for collector in collectors:
+                        load.start_soon(publish, collector)
+                assert killed.is_set() and restarted.is_set()
+                records = await _all_records(
+                    bootstrap, events_topic, {f"{p}/{n}" for p in peer_ids for n in range(EVENTS_PER_PEER)},
+                    "request_id", timeout=180,
+                )
+                ids = collections.Counter(r.value["request_id"] for r in records)
+                figures.events_unique = len(ids)
+                figures.events_duplicated = sum(ids.values()) - len(ids)
+                received = await _wait_commands(collectors, COMMANDS // PEERS, timeout=180)
+                figures.commands_unique = len(received)
+                figures.commands_duplicated = sum(received.values()) - len(received)
+                try:
+                    dead = await consume_records(bootstrap, settings.deadletter_topic, count=1, timeout=3)
+                except NotEnoughRecords as short:
+                    dead = short.records
+                figures.deadletters = len(dead)
+            finally:
+                for collector in collectors:
+                    collector.close()
+            nursery.cancel_scope.cancel()
+    with capsys.disabled():
+        print(f"\n# broker kill under load: {figures.line()}")
+    assert figures.events_unique == figures.events_sent == PEERS * EVENTS_PER_PEER
+    assert figures.commands_unique == figures.commands_sent == COMMANDS
+    assert figures.deadletters == 0
+    assert not [e for e in logs if e["event"] in ("kafka_events_unflushed", "kafka_record_rejected", "asyncio_unhandled")]
+
+
+async def _wait_commands(collectors: list[Collector], per_peer: int, timeout: float) -> collections.Counter[str]:
+    """Command ids (each file_delete request's catalog uuid) the peers received, once every peer has
+    `per_peer` distinct ones."""
+
+    def ids(collector: Collector) -> list[str]:
+        return [
+            uuid
+            for message in collector.messages
+            if message.WhichOneof("payload") == "file_delete_request"
+            for uuid in message.file_delete_request.catalog_uuids
+        ]
+
+    with trio.fail_after(timeout):
+        for collector in collectors:
+            while len(set(ids(collector))) < per_peer:
+                await collector.wait_for(len(collector.messages) + 1, timeout=timeout)
+    return collections.Counter(uuid for collector in collectors for uuid in ids(collector))
