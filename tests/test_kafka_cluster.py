@@ -29,6 +29,7 @@ from tests.kafka.client import (
     consume_records,
     create_topics,
     describe_partitions,
+    group_coordinator,
     produce_records,
 )
 
@@ -103,32 +104,54 @@ async def _all_records(bootstrap: str, topic: str, wanted: set[str], key: str, t
             count = len(records) + len(wanted - seen)
 
 
+@pytest.mark.parametrize("victim", ["event-leader", "group-coordinator"])
 async def test_broker_sigkill_under_load_loses_no_event_or_command(
-    kafka_cluster, kafka_topic_prefix, tls_files, capsys
+    victim, kafka_cluster, kafka_topic_prefix, tls_files, capsys
 ):
-    """10 grpcio peers publish 4,000 events while 600 commands flow to them through one edge; the broker
-    leading the event topic's first partition is SIGKILLed a third of the way in and started again a few
-    seconds later. Every event reaches Kafka and every command reaches its peer; duplicates are counted
-    (the idempotent producer leaves none on the event side), nothing is dead-lettered."""
+    """Two edges sharing the event topics, 5 grpcio peers on each: the peers publish 4,000 events while
+    600 commands flow to them through their edges' command topics; a broker (the leader of the event
+    topic's first partition, or the first edge's group coordinator) is SIGKILLed a third of the way in
+    and started again a few seconds later. Every event reaches Kafka and every command reaches its peer;
+    duplicates are counted, nothing is dead-lettered."""
     bootstrap = kafka_cluster.bootstrap
-    settings = bridge_settings(
-        kafka_topic_prefix,
-        bootstrap,
-        tls_files,
-        True,
-        kafka_topic_replication_factor=0,
-        kafka_request_timeout_sec=10.0,
-        retry_max_retries=10,
-        retry_max_delay_ms=2000,
-    )
+    shared = {
+        field: f"{kafka_topic_prefix}-{suffix}"
+        for field, suffix in (
+            ("kafka_peer_lifecycle_events_topic", "lifecycle"),
+            ("kafka_peer_catalog_updates_topic", "catalog"),
+            ("kafka_file_delete_responses_topic", "delete"),
+            ("kafka_file_hash_responses_topic", "hash"),
+            ("kafka_screenshot_capture_responses_topic", "shot"),
+            ("kafka_file_remap_responses_topic", "remap"),
+        )
+    }
+    edges = [
+        bridge_settings(
+            f"{kafka_topic_prefix}-{name}",
+            bootstrap,
+            tls_files,
+            True,
+            kafka_topic_replication_factor=0,
+            kafka_request_timeout_sec=10.0,
+            retry_max_retries=10,
+            retry_max_delay_ms=2000,
+            **shared,
+        )
+        for name in ("a", "b")
+    ]
     figures = Figures(killed_after_events=PEERS * EVENTS_PER_PEER // 3)
-    peer_ids = [f"{kafka_topic_prefix}-p{i}" for i in range(PEERS)]
-    state = KafkaState()
+    peer_ids = [f"{kafka_topic_prefix}-p{i}" for i in range(PEERS)]  # peer i on edge i % 2
+    states = [KafkaState() for _ in edges]
     third_sent = trio.Event()
     killed = trio.Event()
     restarted = trio.Event()
+    events_topic = shared["kafka_file_hash_responses_topic"]
+    topics = [events_topic, *(settings.commands_topic for settings in edges)]
 
-    async def wait_ready() -> None:
+    async def run_edge(index: int, task_status: trio.TaskStatus[int]) -> None:
+        await edge.serve(edges[index], kafka_state=states[index], task_status=task_status)
+
+    async def wait_ready(state: KafkaState) -> None:
         with trio.fail_after(90):
             while not state.ready:
                 await state.changed.wait()
@@ -149,35 +172,42 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
 
     async def send_commands() -> None:
         for start in range(0, COMMANDS, COMMAND_BATCH):
-            batch = [
-                (peer_ids[i % PEERS], command(peer_ids[i % PEERS], f"cmd-{i}"))
-                for i in range(start, start + COMMAND_BATCH)
-            ]
-            await produce_records(bootstrap, settings.commands_topic, batch, idempotent=True, timeout=60)
-            figures.commands_sent += len(batch)
+            for index, settings in enumerate(edges):
+                batch = [
+                    (peer_ids[i % PEERS], command(peer_ids[i % PEERS], f"cmd-{i}"))
+                    for i in range(start, start + COMMAND_BATCH)
+                    if i % PEERS % len(edges) == index
+                ]
+                await produce_records(bootstrap, settings.commands_topic, batch, idempotent=True, timeout=60)
+                figures.commands_sent += len(batch)
             await trio.sleep(0.1)
 
     async def kill_and_restart() -> None:
         with trio.fail_after(60):
             await third_sent.wait()
-        [first] = [p for p in await describe_partitions(bootstrap, [events_topic]) if p.partition == 0]
-        figures.killed_node = first.leader
-        kafka_cluster.kill(first.leader)
+        if victim == "event-leader":
+            [first] = [p for p in await describe_partitions(bootstrap, [events_topic]) if p.partition == 0]
+            figures.killed_node = first.leader
+        else:
+            figures.killed_node = await group_coordinator(bootstrap, edges[0].kafka_group_id)
+        kafka_cluster.kill(figures.killed_node)
         killed.set()
         await trio.sleep(3.0)  # down for a few seconds while the load goes on
-        figures.restart_sec = round(await trio.to_thread.run_sync(kafka_cluster.start_node, first.leader), 2)
+        figures.restart_sec = round(await trio.to_thread.run_sync(kafka_cluster.start_node, figures.killed_node), 2)
         began = time.monotonic()
         await _wait_isr_full(bootstrap, topics, 3, timeout=120)
         figures.isr_full_after_restart_sec = round(time.monotonic() - began, 2)
         restarted.set()
 
-    events_topic = settings.kafka_file_hash_responses_topic
-    topics = [events_topic, settings.commands_topic]
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
-            await wait_ready()
-            collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peer_ids]
+            ports = [await nursery.start(run_edge, index) for index in range(len(edges))]
+            for state in states:
+                await wait_ready(state)
+            collectors = [
+                await Collector.connect(nursery, p, ports[i % len(edges)], tls_files.ca_pem)
+                for i, p in enumerate(peer_ids)
+            ]
             try:
                 async with trio.open_nursery() as load:
                     load.start_soon(kill_and_restart)
@@ -195,17 +225,18 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
                 received = await _wait_commands(collectors, COMMANDS // PEERS, timeout=180)
                 figures.commands_unique = len(received)
                 figures.commands_duplicated = sum(received.values()) - len(received)
-                try:
-                    dead = await consume_records(bootstrap, settings.deadletter_topic, count=1, timeout=3)
-                except NotEnoughRecords as short:
-                    dead = short.records
-                figures.deadletters = len(dead)
+                for settings in edges:
+                    try:
+                        dead = await consume_records(bootstrap, settings.deadletter_topic, count=1, timeout=3)
+                    except NotEnoughRecords as short:
+                        dead = short.records
+                    figures.deadletters += len(dead)
             finally:
                 for collector in collectors:
                     collector.close()
             nursery.cancel_scope.cancel()
     with capsys.disabled():
-        print(f"\n# broker kill under load: {figures.line()}")
+        print(f"\n# broker kill under load ({victim}): {figures.line()}")
     assert figures.events_unique == figures.events_sent == PEERS * EVENTS_PER_PEER
     assert figures.commands_unique == figures.commands_sent == COMMANDS
     assert figures.deadletters == 0

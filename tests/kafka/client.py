@@ -235,6 +235,16 @@ async def _aio_describe_partitions(bootstrap: str, topics: Sequence[str], timeou
     )
 
 
+async def _aio_group_coordinator(bootstrap: str, group_id: str, timeout: float) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            return await admin.find_coordinator(group_id)
+    finally:
+        await admin.close()
+
+
 # --- Trio side -------------------------------------------------------------------------------
 
 
@@ -335,3 +345,8 @@ async def wait_until_committed(
             if ends and all(committed.get(p, (-1, ""))[0] == end for p, end in ends.items() if end > 0):
                 return committed
             await trio.sleep(0.2)
+
+
+async def group_coordinator(bootstrap: str, group_id: str, *, timeout: float = DEFAULT_TIMEOUT_SEC) -> int:
+    """The node id of the broker coordinating `group_id` (the leader of its __consumer_offsets partition)."""
+    return await _in_loop(timeout, _aio_group_coordinator, bootstrap, group_id, timeout)
