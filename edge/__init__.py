@@ -3,14 +3,17 @@
 Embedding:
 
     settings = edge.load_settings(os.environ)
-    port = await nursery.start(edge.serve, settings)
+    started = await nursery.start(edge.serve, settings)  # an edge.Started, once peers can connect
+    started.grpc_port     # the bound ports (with port 0 in the settings); started.http_port is None
+    started.http_port     #   when HEALTH_HTTP_ADDRESS is off
+    started.runtime       # metrics, readiness, transport counters
+    started.registry      # the live peer sessions
 
-    runtime = edge.EdgeRuntime.create(settings.edge_id)      # to read metrics, readiness, ports
-    port = await nursery.start(functools.partial(edge.serve, runtime=runtime), settings)
+Cancel the nursery to stop the edge (it drains first).
 """
 
 from edge.config import ConfigError, Settings, load_settings
-from edge.nursery import serve
+from edge.nursery import Started, serve
 from edge.ops.runtime import EdgeRuntime
 
-__all__ = ["ConfigError", "EdgeRuntime", "Settings", "load_settings", "serve"]
+__all__ = ["ConfigError", "EdgeRuntime", "Settings", "Started", "load_settings", "serve"]

@@ -35,7 +35,7 @@ async def test_register_then_hang_up(kafka_bootstrap, kafka_supports_idempotence
     settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     topic = settings.kafka_peer_lifecycle_events_topic
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = GrpcioPeer(port, root_certificates=tls_files.ca_pem)
         try:
             peer.register("peer-a", catalog=["c1", "c2"], request_id="reg-42")
@@ -83,7 +83,7 @@ async def test_embedded_edge_cancelled_publishes_shutdown(
     peer = None
     try:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             peer = GrpcioPeer(port, root_certificates=tls_files.ca_pem)
             peer.register("peer-b")
             await peer.receive_kind("registration_response")

@@ -37,7 +37,7 @@ async def test_each_command_type_reaches_a_connected_peer(
         ("batch_file_offer_response", {"files": [{"peer_luid": "l1", "catalog_uuid": "c1"}]}),
     ]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = await Collector.connect(nursery, "peer-a", port, tls_files.ca_pem)
         try:
             records = [("peer-a", command("peer-a", f"r-{kind}", kind, data)) for kind, data in commands]
@@ -74,7 +74,7 @@ async def test_500_commands_for_10_peers_arrive_in_per_peer_topic_order(
     settings = bridge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     peers = [f"peer-{i}" for i in range(10)]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peers]
         try:
             records = [(peers[n % 10], command(peers[n % 10], f"r-{n:03d}")) for n in range(500)]
@@ -164,7 +164,7 @@ async def test_poison_record_does_not_block_its_partition(
     records = [("peer-p", command("peer-p", f"r-{n}")) for n in range(5)]
     records.insert(2, ("peer-p", b"\x00\x01 poison, not JSON"))
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = await Collector.connect(nursery, "peer-p", port, tls_files.ca_pem)
         try:
             sent = await produce_records(kafka_bootstrap, topic, records)
@@ -195,7 +195,7 @@ async def test_peer_that_connects_during_the_retries_gets_the_command(
     )
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             await produce_records(kafka_bootstrap, settings.commands_topic, [("late", command("late", "r-late"))])
             with trio.fail_after(30):
                 while sum(1 for e in logs if e["event"] == "command_retry_scheduled") < 2:
@@ -228,7 +228,7 @@ async def test_rebalance_commits_what_is_settled_and_the_next_owner_skips_it(
     later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)).isoformat()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             online = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in ("peer-a", "peer-b", "peer-c")]
             try:
                 records = [("absent", command("absent", "r-held", expires_at=later))]

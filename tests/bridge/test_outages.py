@@ -41,10 +41,10 @@ async def test_kafka_down_at_start(restartable_broker, kafka_supports_idempotenc
         kafka_topic_prefix, broker.bootstrap, tls_files, kafka_supports_idempotence, kafka_request_timeout_sec=3.0
     )
     await trio.to_thread.run_sync(broker.stop)
-    state = KafkaState()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(10):  # no waiting for Kafka
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            started = await nursery.start(edge.serve, settings)
+            port, state = started.grpc_port, started.runtime.health.kafka
         peer = await Collector.connect(nursery, "peer-early", port, tls_files.ca_pem)
         try:
             assert not state.ready and not state.producer_connected and not state.consumer_connected
@@ -75,10 +75,10 @@ async def test_broker_restart_while_peers_publish_10000_events(
     )
     peers = [f"peer-{i}" for i in range(10)]
     expected = {f"{p}/{n}" for p in peers for n in range(1000)}
-    state = KafkaState()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            started = await nursery.start(edge.serve, settings)
+            port, state = started.grpc_port, started.runtime.health.kafka
             await wait_ready(state, True, timeout=60)
             collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peers]
             try:

@@ -11,7 +11,6 @@ from structlog.testing import capture_logs
 
 import edge
 from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from edge.tools.peer_sim import PeerSimulation, SimConfig
 from tests.ops.support import MemoryBridge
 
@@ -19,19 +18,18 @@ PEERS = 12
 
 
 async def start_edge(nursery, settings, bridge):
-    runtime = EdgeRuntime.create(settings.edge_id)
     scope = trio.CancelScope()
     stopped = trio.Event()
 
     async def run(task_status):
         try:
             with scope:
-                await edge.serve(settings, runtime=runtime, bridge=bridge, task_status=task_status)
+                await edge.serve(settings, bridge=bridge, task_status=task_status)
         finally:
             stopped.set()
 
-    port = await nursery.start(run)
-    return port, runtime, scope, stopped
+    started = await nursery.start(run)
+    return started.grpc_port, started.runtime, scope, stopped
 
 
 async def start_peers(nursery, port):

@@ -15,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import edge
 from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from tests.ops.support import http_get, kafka_gate
 
 pytestmark = pytest.mark.kafka
@@ -47,8 +46,8 @@ async def test_health_follows_kafka(kafka_bootstrap, kafka_supports_idempotence,
             grpc_cert_path=tls_files.cert_path,
             grpc_key_path=tls_files.key_path,
         )
-        runtime = EdgeRuntime.create(settings.edge_id)
-        port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
+        started = await nursery.start(edge.serve, settings)
+        port, runtime = started.grpc_port, started.runtime
         credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_pem)
         channel = grpc.secure_channel(f"localhost:{port}", credentials)
         stub = health_pb2_grpc.HealthStub(channel)

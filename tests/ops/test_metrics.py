@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import edge
 from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from edge.proto import pb
 from tests.grpcio_peer import GrpcioPeer
 from tests.kafka.client import consume_records, produce_records
@@ -49,9 +48,9 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         grpc_cert_path=tls_files.cert_path,
         grpc_key_path=tls_files.key_path,
     )
-    runtime = EdgeRuntime.create(settings.edge_id)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
+        started = await nursery.start(edge.serve, settings)
+        port, runtime = started.grpc_port, started.runtime
         before = await scrape(runtime.http_port)
         assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix) == 1
         assert value(before, "giggityflix_edge_sessions_started_total") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -50,7 +51,7 @@ async def test_grpcurl_lists_and_describes_the_service(tls_files, tmp_path):
     ca_path = tmp_path / "ca.pem"
     ca_path.write_bytes(tls_files.ca_pem)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(tls_settings(tls_files), bridge=MemoryBridge(), task_status=task_status))
+        port = (await nursery.start(partial(edge.serve, bridge=MemoryBridge()), tls_settings(tls_files))).grpc_port
         listed = (await grpcurl(binary, ca_path, port, "list")).split()
         assert listed == [
             "giggityflix.edge.v1.PeerEdgeService",
@@ -95,7 +96,7 @@ def _resolve(port: int, ca_pem: bytes) -> tuple[list[str], list[str], list[str]]
 
 async def test_grpcio_reflection_client_resolves_the_service(tls_files):
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(tls_settings(tls_files), bridge=MemoryBridge(), task_status=task_status))
+        port = (await nursery.start(partial(edge.serve, bridge=MemoryBridge()), tls_settings(tls_files))).grpc_port
         services, types, fields = await trio.to_thread.run_sync(_resolve, port, tls_files.ca_pem)
         assert "giggityflix.edge.v1.PeerEdgeService" in services and "grpc.health.v1.Health" in services
         assert types == ["giggityflix.edge.v1.PeerMessage", "giggityflix.edge.v1.EdgeMessage"]
