@@ -13,8 +13,9 @@ import trio
 import edge
 from edge.ops.readiness import KafkaState
 from edge.proto import pb
-from tests.bridge.support import Collector, bridge_settings
-from tests.kafka.client import consume_records
+from testing.kafka.client import consume_records
+from testing.settings import edge_settings
+from tests.kafka.support import Collector
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -37,7 +38,7 @@ async def test_kafka_down_at_start(restartable_broker, kafka_supports_idempotenc
     """With the broker stopped the edge starts at once, serves peers and is not ready; when the broker
     comes it creates its topics, publishes what it buffered and becomes ready."""
     broker = restartable_broker
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix, broker.bootstrap, tls_files, kafka_supports_idempotence, kafka_request_timeout_sec=3.0
     )
     await trio.to_thread.run_sync(broker.stop)
@@ -65,7 +66,7 @@ async def test_broker_restart_while_peers_publish_10000_events(
     recovery every event is in Kafka, by count and by id."""
     broker = restartable_broker
     buffer_size = 1000
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix,
         broker.bootstrap,
         tls_files,
