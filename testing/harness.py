@@ -1,77 +1,102 @@
-"""Real-socket harness for the peer side: the edge's own composition (Kafka bridge outside, peer server
-inside, as in `edge.serve`) on a real TLS port against a real Kafka broker, and grpcio peers
-(`grpc.aio`) on one asyncio loop in a worker thread, driven from the Trio test.
+"""A running edge for tests: `edge.serve` itself, in a cancel scope of its own, stopped (drained) when
+the block ends or when the test says so.
 
-Everything here runs on the real clock; every wait has a deadline.
+    async with running_edge(settings) as edge:                           # the real Kafka bridge
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:    # no Kafka: what the edge
+                                                                         # publishes stays in memory
+
+`edge.port`, `edge.registry`, `edge.runtime` and `edge.stats` come from the `edge.Started` that `serve`
+reports; `await edge.stop()` drains the edge as a cancelled embedding would, and returns once `serve` has.
+
+`MemoryBridge` takes the Kafka bridge's place for tests that claim gRPC or peer behaviour, and for timed
+tests under MockClock, where Kafka, which runs on the real clock, cannot be.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
-import datetime
-import logging
-import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from pathlib import Path
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import attrs
-import grpc
-import structlog
 import trio
-import trio_asyncio
 
-from edge.config import Settings, settings_for_tests
+import edge
 from edge.grpc import GrpcServerStats
-from edge.kafka.bridge import serve_kafka_bridge
-from edge.nursery import log_asyncio_exception, utc_now
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
-from edge.peers.server import grpc_config, serve_peers
-from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
 
-#: One TCP connection per grpcio channel (grpcio otherwise shares subchannels between channels).
-OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+#: Seconds `stop()` may take, the whole drain included.
+STOP_DEADLINE_SEC = 60
 
 
-def edge_settings(prefix: str, bootstrap: str, tls_files: Any, idempotence: bool, **overrides: Any) -> Settings:
-    """Settings for one test's edge: TLS on with the trustme certificate, every topic named after
-    `prefix` so tests never read each other's records."""
-    topics = {
-        "kafka_peer_lifecycle_events_topic": f"{prefix}-lifecycle",
-        "kafka_peer_catalog_updates_topic": f"{prefix}-catalog",
-        "kafka_file_delete_responses_topic": f"{prefix}-delete",
-        "kafka_file_hash_responses_topic": f"{prefix}-hash",
-        "kafka_screenshot_capture_responses_topic": f"{prefix}-screenshot",
-        "kafka_file_remap_responses_topic": f"{prefix}-remap",
-    }
-    return settings_for_tests(
-        edge_id=prefix,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=idempotence,
-        grpc_use_tls=True,
-        grpc_cert_path=tls_files.cert_path,
-        grpc_key_path=tls_files.key_path,
-        **{**topics, **overrides},
-    )
+@attrs.define(eq=False)
+class Stoppable:
+    """A serve function's own cancel scope, and an event set once the function has returned."""
 
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    stopped: trio.Event = attrs.field(factory=trio.Event)
 
-@attrs.define
-class RunningEdge:
-    port: int
-    registry: PeerRegistry
-    stats: GrpcServerStats
-    scope: trio.CancelScope
-    stopped: trio.Event
+    async def run(self, serve: Callable[..., Awaitable[None]], *args: Any, task_status: trio.TaskStatus[Any]) -> None:
+        try:
+            with self.scope:
+                await serve(*args, task_status=task_status)
+        finally:
+            self.stopped.set()
 
     async def stop(self) -> None:
+        """Cancel the serve function (its graceful shutdown) and wait until it has returned."""
         self.scope.cancel()
-        with trio.fail_after(60):
+        with trio.fail_after(STOP_DEADLINE_SEC):
             await self.stopped.wait()
+
+
+@contextlib.asynccontextmanager
+async def stoppable(serve: Callable[..., Awaitable[None]], *args: Any) -> AsyncIterator[tuple[Any, Stoppable]]:
+    """Start `serve(*args, task_status=...)` in its own scope; yields what it reported and the handle
+    that stops it. Stopped (shielded, under STOP_DEADLINE_SEC) when the block ends."""
+    handle = Stoppable()
+    async with trio.open_nursery() as nursery:
+        value = await nursery.start(partial(handle.run, serve, *args))
+        try:
+            yield value, handle
+        finally:
+            with trio.CancelScope(shield=True):
+                await handle.stop()
+
+
+@attrs.define(eq=False)
+class RunningEdge:
+    started: edge.Started
+    handle: Stoppable
+    #: The MemoryBridge in the Kafka bridge's place, if one was given.
+    bridge: MemoryBridge | None = None
+
+    @property
+    def port(self) -> int:
+        return self.started.grpc_port
+
+    @property
+    def registry(self) -> PeerRegistry:
+        return self.started.registry
+
+    @property
+    def runtime(self) -> EdgeRuntime:
+        return self.started.runtime
+
+    @property
+    def stats(self) -> GrpcServerStats:
+        """The gRPC transport's live counters (connections, streams, statuses)."""
+        return self.started.runtime.grpc_stats
+
+    async def stop(self) -> None:
+        """Drain the edge (every session ends with `shutdown`) and wait until `serve` has returned."""
+        await self.handle.stop()
 
     async def registered(self) -> int:
         """Sessions in the registry once every ended one has left it (an ended session leaves when
@@ -84,201 +109,115 @@ class RunningEdge:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
-    """`edge.serve`'s composition with the registry and transport counters in the test's hands."""
-    events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
-    registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
-    stats = GrpcServerStats()
-    scope = trio.CancelScope()
-    stopped = trio.Event()
-    grpc_settings = grpc_config(settings)
-    runtime = EdgeRuntime.create(settings.edge_id)  # its metrics and readiness; the transport counters are `stats`
-
-    async def serve(task_status: trio.TaskStatus[int]) -> None:
-        try:
-            with scope:
-                async with trio_asyncio.open_loop() as loop:
-                    loop.set_exception_handler(log_asyncio_exception)
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(
-                            partial(serve_kafka_bridge, metrics=runtime.metrics),
-                            settings,
-                            events_receive,
-                            events_send.clone(),
-                            registry,
-                            KafkaState(),
-                            utc_now,
-                        )
-                        port = await nursery.start(
-                            partial(serve_peers, runtime=runtime, config=grpc_settings, stats=stats),
-                            settings,
-                            events_send,
-                            registry,
-                            utc_now,
-                        )
-                        task_status.started(port)
-        finally:
-            stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve)
-        edge = RunningEdge(port, registry, stats, scope, stopped)
-        try:
-            yield edge
-        finally:
-            with trio.CancelScope(shield=True):
-                await edge.stop()
+async def running_edge(settings: edge.Settings, *, bridge: MemoryBridge | None = None) -> AsyncIterator[RunningEdge]:
+    """`edge.serve(settings)`, with `bridge` in the Kafka bridge's place if given; stopped when the
+    block ends."""
+    serve: Callable[..., Awaitable[None]] = edge.serve if bridge is None else partial(edge.serve, bridge=bridge)
+    async with stoppable(serve, settings) as (started, handle):
+        yield RunningEdge(started, handle, bridge)
 
 
-# ------------------------------------------------------------------------------------ grpcio peers
+# ------------------------------------------------------------------------------- in-memory bridge
 
 
-class AioThread:
-    """One asyncio loop in a worker thread, for grpc.aio peers; `await run(coroutine)` from Trio."""
+@attrs.frozen
+class Published:
+    """A record as the bridge received it, and the Trio time it was taken."""
 
-    def __init__(self) -> None:
-        ready = threading.Event()
-        loops: list[asyncio.AbstractEventLoop] = []
+    at: float
+    record: OutboundRecord
 
-        def main() -> None:
-            # A plain asyncio loop (not the policy's: trio-asyncio installs its own), made, run and
-            # closed in this thread.
-            loop = asyncio.SelectorEventLoop()
-            loops.append(loop)
-            ready.set()
+    @property
+    def value(self) -> dict[str, Any]:
+        return dict(self.record.value)
+
+
+@attrs.define(eq=False)
+class MemoryBridge:
+    """An in-memory Kafka bridge, with `edge.serve`'s bridge signature.
+
+    Reports itself connected, keeps what it would produce in `published`, and, like the real one, keeps
+    draining after cancellation until the peer side closes the channel, for at most
+    SHUTDOWN_TIMEOUT_SEC; with `stalled` set it takes nothing (a Kafka that accepts nothing)."""
+
+    stalled: bool = False
+    published: list[Published] = attrs.field(factory=list)
+    #: Records taken so far, by key (cheap to check on every record, unlike scanning `published`).
+    counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
+    closed_at: float | None = None
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def __call__(
+        self,
+        settings: edge.Settings,
+        events: trio.MemoryReceiveChannel[OutboundRecord],
+        dead_letters: trio.MemorySendChannel[OutboundRecord],
+        registry: PeerRegistry,
+        kafka: KafkaState,
+        *,
+        now: object = None,
+        metrics: object = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await dead_letters.aclose()  # no commands here, so no dead letters
+        kafka.consumer_enabled = False
+        kafka.set_producer(True)
+        task_status.started()
+        async with events:
             try:
-                loop.run_forever()
+                await self.drain(events)
             finally:
-                loop.close()
+                with trio.move_on_after(settings.shutdown_timeout_sec, shield=True):
+                    await self.drain(events)
+                kafka.set_producer(False)
+                self.closed_at = trio.current_time()
 
-        self._thread = threading.Thread(target=main, name="grpcio-peers", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        self.loop = loops[0]
+    async def drain(self, events: trio.MemoryReceiveChannel[OutboundRecord]) -> None:
+        """Take every record until the channel is closed (none at all while `stalled`)."""
+        if self.stalled:
+            await trio.sleep_forever()
+        async for record in events:
+            self._keep(record)
 
-    async def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            with trio.fail_after(timeout):
-                return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        finally:
-            future.cancel()
+    async def take(self, events: trio.MemoryReceiveChannel[OutboundRecord]) -> Published:
+        """Take just the next record."""
+        return self._keep(await events.receive())
 
-    async def close(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def _keep(self, record: OutboundRecord) -> Published:
+        published = Published(trio.current_time(), record)
+        self.published.append(published)
+        self.counts[record.key] += 1
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+        return published
 
-        await self.run(cancel_rest())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        await trio.to_thread.run_sync(self._thread.join, 10)
+    def records(self, topic: str | None = None, event_type: str | None = None) -> list[OutboundRecord]:
+        return [
+            item.record
+            for item in self.published
+            if (topic is None or item.record.topic == topic)
+            and (event_type is None or item.record.value.get("event_type") == event_type)
+        ]
 
+    def lifecycle(self) -> list[tuple[str, str, str | None]]:
+        """(peer_id, event_type, reason) of every lifecycle record, in order."""
+        return [
+            (r.value["peer_id"], r.value["event_type"], r.value.get("reason"))
+            for r in self.records()
+            if "event_type" in r.value
+        ]
 
-@contextlib.asynccontextmanager
-async def aio_thread() -> AsyncIterator[AioThread]:
-    thread = AioThread()
-    try:
-        yield thread
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(30):
-            await thread.close()
+    async def wait_for(
+        self, predicate: Callable[[], bool], *, timeout: float | None = 30, poll: float | None = None
+    ) -> None:
+        """Until `predicate()` holds, under `timeout` (None: the caller's deadline): woken by every
+        record, and every `poll` seconds if given (for state outside the bridge; not under MockClock,
+        where each poll would move the clock)."""
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            while not predicate():
+                if poll is None:
+                    await self._changed.wait()
+                else:
+                    with trio.move_on_after(poll):
+                        await self._changed.wait()
 
-
-def channel(port: int, ca_pem: bytes) -> grpc.aio.Channel:
-    """A TLS grpc.aio channel of its own (call on the asyncio thread)."""
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    return grpc.aio.secure_channel(f"localhost:{port}", credentials, options=[OWN_CONNECTION])
-
-
-class AioPeer:
-    """One `Connect` call from grpc.aio; messages go as raw bytes so a test can send anything.
-    Create and use on the asyncio thread."""
-
-    def __init__(self, chan: grpc.aio.Channel) -> None:
-        method = chan.stream_stream(CONNECT_PATH, request_serializer=lambda b: b, response_deserializer=lambda b: b)
-        self.call = method()
-        self.received: list[pb.EdgeMessage] = []
-
-    async def send(self, message: pb.PeerMessage | bytes) -> None:
-        await self.call.write(message if isinstance(message, bytes) else message.SerializeToString())
-
-    async def register(self, peer_id: str, catalog: tuple[str, ...] = (), request_id: str = "reg") -> pb.EdgeMessage:
-        await self.send(
-            pb.PeerMessage(
-                request_id=request_id,
-                registration_request=pb.PeerRegistrationRequest(peer_name=peer_id, catalog_uuids=list(catalog)),
-            )
-        )
-        return await self.read_kind("registration_response")
-
-    async def read(self) -> pb.EdgeMessage | None:
-        body = await self.call.read()
-        if body is grpc.aio.EOF:
-            return None
-        message = pb.EdgeMessage.FromString(body)
-        self.received.append(message)
-        return message
-
-    async def read_kind(self, kind: str) -> pb.EdgeMessage:
-        while True:
-            message = await self.read()
-            if message is None:
-                raise AssertionError(f"stream ended ({await self.call.code()}) while waiting for {kind}")
-            if message.WhichOneof("payload") == kind:
-                return message
-
-    async def heartbeat_every(self, interval: float, stop: asyncio.Event) -> None:
-        """Send heartbeats until `stop` is set or the call ends.
-
-        Stop it before the edge ends the call: grpc.aio reports a write that races the call's end as
-        the call's status (INTERNAL "Internal error from Core"), hiding the status the edge sent."""
-        while not self.call.done() and not stop.is_set():
-            try:
-                await self.send(pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=1)))
-            except grpc.aio.AioRpcError:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-
-    async def status(self) -> tuple[grpc.StatusCode, str]:
-        """Read until the edge ends the call; its status code and details."""
-        try:
-            while await self.read() is not None:
-                pass
-        except grpc.aio.AioRpcError:
-            pass
-        except asyncio.CancelledError:
-            if not self.call.cancelled():  # grpc.aio raises it for reads on a call we cancelled
-                raise
-        return await self.call.code(), await self.call.details()
-
-
-@contextlib.contextmanager
-def production_logging(path: Path) -> Iterator[None]:
-    """structlog as `python -m edge run` sets it up (JSON lines, level info: debug events are dropped
-    before they are rendered), written to `path`; structlog's defaults are restored afterwards.
-    Loggers are not cached, so other tests see the defaults again."""
-    with open(path, "w") as out:
-        structlog.configure(
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.dict_tracebacks,
-                structlog.processors.JSONRenderer(),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            logger_factory=structlog.PrintLoggerFactory(out),
-            cache_logger_on_first_use=False,
-        )
-        try:
-            yield
-        finally:
-            structlog.reset_defaults()
-
-
-def parse_timestamp(text: str) -> datetime.datetime:
-    assert text.endswith("Z"), text
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))

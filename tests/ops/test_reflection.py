@@ -15,8 +15,8 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 import edge
-from edge.config import settings_for_tests
-from tests.ops.support import MemoryBridge
+from testing.harness import MemoryBridge
+from testing.settings import tls_settings
 
 GRPCURL_CACHE = Path.home() / ".cache" / "giggityflix-edge" / "go-bin" / "grpcurl"
 
@@ -26,10 +26,6 @@ def grpcurl_path() -> str | None:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def tls_settings(tls_files):
-    return settings_for_tests(grpc_use_tls=True, grpc_cert_path=tls_files.cert_path, grpc_key_path=tls_files.key_path)
 
 
 async def grpcurl(binary: str, ca_path: Path, port: int, *args: str) -> str:

@@ -1,22 +1,23 @@
 """In-memory harness for the peer side under MockClock: the real `PeerStreamHandler` behind the real
 transport (`serve_grpc_connection`), one `memory_stream_pair` per peer connection, a small HTTP/2 test
-peer on the other end, and a Trio channel in place of the Kafka bridge (the test reads the
+peer on the other end, and a `MemoryBridge` in place of the Kafka bridge (the test reads the
 OutboundRecords the sessions queue, with the Trio time each was queued).
 
 Nothing here sleeps or touches a socket, so under `autojump_clock`/`mock_clock` hours of peer life take
 no wall-clock time.
+
+Also `assert_no_secrets`, for the identity tests' captured logs.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
-import attrs
 import h2.events
 import h2.exceptions
 import structlog
@@ -32,6 +33,7 @@ from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
 from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
+from testing.harness import MemoryBridge, Published
 from tests.grpc.support import RawH2Client, grpc_frame
 
 FIXED_NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
@@ -46,16 +48,12 @@ def capture_logs() -> Any:
     return structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars])
 
 
-@attrs.frozen
-class Published:
-    """A record as the bridge would have received it, and the Trio time it was queued."""
-
-    at: float
-    record: OutboundRecord
-
-    @property
-    def value(self) -> dict[str, Any]:
-        return dict(self.record.value)
+def assert_no_secrets(logs: Iterable[Any], secrets: Iterable[str | bytes]) -> None:
+    """No captured log entry (rendered with repr, which is what a renderer would see) holds any secret."""
+    rendered = repr(list(logs))
+    for secret in secrets:
+        text = secret.decode() if isinstance(secret, bytes) else secret
+        assert text and text not in rendered, "secret material in the logs"
 
 
 class PeerClient(RawH2Client):
@@ -227,13 +225,13 @@ class MemoryEdge:
         )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
-        self.published: list[Published] = []
+        self.bridge = MemoryBridge()  # takes the records; the test reads them from `published`
+        self.published = self.bridge.published
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.drained = trio.Event()
         self._clients = clients
         self._connections: trio.Nursery | None = None
-        self._changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Like serve_peers: `serve_endings` and the connections inside a scope whose cancellation is
@@ -259,25 +257,15 @@ class MemoryEdge:
     async def drain(self) -> None:
         """The bridge's part: take records as they come, note the time."""
         async with self._events_out:
-            async for record in self._events_out:
-                self.published.append(Published(trio.current_time(), record))
-                self._notify()
+            await self.bridge.drain(self._events_out)
         self.drained.set()
 
     async def take(self) -> Published:
         """For tests without `drain`: the next record, at the time it is taken."""
-        record = await self._events_out.receive()
-        published = Published(trio.current_time(), record)
-        self.published.append(published)
-        return published
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        return await self.bridge.take(self._events_out)
 
     async def wait_published(self, predicate: Callable[[list[Published]], bool]) -> None:
-        while not predicate(self.published):
-            await self._changed.wait()
+        await self.bridge.wait_for(lambda: predicate(self.published), timeout=None)
 
     async def connect(self, *, extra_headers: tuple[tuple[str, str], ...] = ()) -> TestPeer:
         """A new connection with one `Connect` stream open on it (not yet registered)."""
