@@ -12,8 +12,15 @@ Embedding:
 Cancel the nursery to stop the edge (it drains first).
 """
 
+from importlib.metadata import PackageNotFoundError, version as _package_version
+
 from edge.config import ConfigError, Settings, load_settings
 from edge.nursery import Started, serve
 from edge.ops.runtime import EdgeRuntime
 
-__all__ = ["ConfigError", "EdgeRuntime", "Settings", "Started", "load_settings", "serve"]
+try:
+    __version__: str = _package_version("giggityflix-edge")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["ConfigError", "EdgeRuntime", "Settings", "Started", "__version__", "load_settings", "serve"]
