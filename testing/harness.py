@@ -10,6 +10,9 @@ reports; `await edge.stop()` drains the edge as a cancelled embedding would, and
 
 `MemoryBridge` takes the Kafka bridge's place for tests that claim gRPC or peer behaviour, and for timed
 tests under MockClock, where Kafka, which runs on the real clock, cannot be.
+
+`running_server(config, routes)` is the same for the gRPC transport alone (`serve_grpc` with the test's
+own handlers): `server.port`, `server.stats`, `await server.stop()`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -25,7 +28,7 @@ import attrs
 import trio
 
 import edge
-from edge.grpc import GrpcServerStats
+from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
@@ -115,6 +118,34 @@ async def running_edge(settings: edge.Settings, *, bridge: MemoryBridge | None =
     serve: Callable[..., Awaitable[None]] = edge.serve if bridge is None else partial(edge.serve, bridge=bridge)
     async with stoppable(serve, settings) as (started, handle):
         yield RunningEdge(started, handle, bridge)
+
+
+# ----------------------------------------------------------------------------- the transport alone
+
+
+@attrs.define(eq=False)
+class RunningServer:
+    """`serve_grpc` with the test's own routes (the transport without the edge), for transport tests."""
+
+    port: int
+    stats: GrpcServerStats
+    handle: Stoppable
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Cancel serve_grpc (graceful shutdown) and wait until it has returned."""
+        await self.handle.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: GrpcServerConfig, routes: Mapping[str, Handler]) -> AsyncIterator[RunningServer]:
+    """serve_grpc in its own cancel scope; stopped (gracefully) when the block ends."""
+    stats = GrpcServerStats()
+    async with stoppable(partial(serve_grpc, stats=stats), config, routes) as (port, handle):
+        yield RunningServer(port, stats, handle)
 
 
 # ------------------------------------------------------------------------------- in-memory bridge

@@ -1,76 +1,23 @@
-"""Helpers for the transport tests: a running server, socket counting from /proc, a raw h2 client."""
+"""Helpers for the transport tests: a raw-bytes grpcio method, socket counting from /proc, a raw h2 client.
+
+The running server itself is `testing.harness.running_server`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import attrs
-import grpc
 import h2.config
 import h2.connection
 import h2.events
 import trio
 
-from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
-
-# ------------------------------------------------------------------------------------------- servers
-
-
-@attrs.define
-class RunningServer:
-    port: int
-    stats: GrpcServerStats
-    scope: trio.CancelScope
-    stopped: trio.Event
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def stop(self) -> None:
-        """Cancel serve_grpc (graceful shutdown) and wait until it has returned."""
-        self.scope.cancel()
-        await self.stopped.wait()
-
-
-@contextlib.asynccontextmanager
-async def running_server(config: GrpcServerConfig, routes: Mapping[str, Handler]) -> AsyncIterator[RunningServer]:
-    """serve_grpc in its own cancel scope; stopped (gracefully) when the block ends."""
-    stats = GrpcServerStats()
-    scope = trio.CancelScope()
-    stopped = trio.Event()
-
-    async def run(task_status: trio.TaskStatus[int]) -> None:
-        try:
-            with scope:
-                await serve_grpc(config, routes, stats=stats, task_status=task_status)
-        finally:
-            stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(run)
-        server = RunningServer(port=port, stats=stats, scope=scope, stopped=stopped)
-        try:
-            yield server
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await server.stop()
+# -------------------------------------------------------------------------------------------- grpcio
 
 
 def bytes_stream_method(channel: Any, path: str) -> Any:
     """A stream-stream method whose messages are raw bytes (works for sync and aio channels)."""
     return channel.stream_stream(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
-
-
-#: One TCP connection per channel (grpcio otherwise shares subchannels between identical channels).
-OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
-
-
-def grpc_tls_channel_args(ca_pem: bytes) -> dict[str, Any]:
-    return {"credentials": grpc.ssl_channel_credentials(root_certificates=ca_pem)}
 
 
 # ------------------------------------------------------------------------------------------- sockets
