@@ -10,6 +10,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import trio
 
 # -------------------------------------------------------------------------------------------- grpcio
@@ -83,6 +84,9 @@ class RawH2Client:
     """A bare h2 client over any Trio stream, for what grpcio will not do on purpose (bad framing,
     pings, exact flow-control bookkeeping) and for MockClock tests over memory streams."""
 
+    #: A test peer treats a broken connection as closed instead of raising (RawH2Client raises).
+    tolerant = False
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -134,7 +138,7 @@ class RawH2Client:
             self.h2.send_data(stream_id, chunk, end_stream=end and last)
 
     async def pump(self) -> bool:
-        """Read once and process; False at EOF."""
+        """Read once and process; False at EOF (or, for a `tolerant` client, a broken connection)."""
         try:
             data = await self.stream.receive_some(65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -143,20 +147,36 @@ class RawH2Client:
             self.closed = True
             self._notify()
             return False
-        for event in self.h2.receive_data(data):
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.H2Error:
+            if not self.tolerant:
+                raise
+            self.closed = True
+            self._notify()
+            return False
+        for event in events:
             self.events.append(event)
             if isinstance(event, h2.events.DataReceived):
                 self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self._data_received(event)
             elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                 self.headers.setdefault(event.stream_id, []).append(dict(event.headers))
             elif isinstance(event, h2.events.StreamEnded):
                 self.ended.add(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self.resets[event.stream_id] = int(event.error_code)
-        await self.flush()
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not self.tolerant:
+                raise
         self._notify()
         return True
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        """Flow control: give the window back at once, as a client that keeps reading does."""
+        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
     async def run(self) -> None:
         """Keep reading until EOF, then close our side as a real client does (start in a nursery)."""
