@@ -11,11 +11,10 @@ import attrs
 import pytest
 import trio
 
-import edge
 from edge.config import settings_for_tests
 from edge.tools.peer_sim import PeerSimulation, SimConfig
 from edge.tools.reconnect import Backoff, EdgeChooser
-from tests.ops.support import MemoryBridge
+from testing.harness import MemoryBridge, running_edge
 
 
 def test_backoff_doubles_to_the_cap_with_full_jitter():
@@ -53,19 +52,6 @@ def test_edge_choice_round_robin_from_a_start_or_random():
         EdgeChooser(addresses, "sticky")
 
 
-async def start_edge(nursery: trio.Nursery, edge_id: str) -> tuple[int, trio.CancelScope, MemoryBridge]:
-    bridge = MemoryBridge()
-    scope = trio.CancelScope()
-    settings = settings_for_tests(edge_id=edge_id, shutdown_timeout_sec=5.0)
-
-    async def run(task_status: trio.TaskStatus[int]) -> None:
-        with scope:
-            await edge.serve(settings, bridge=bridge, task_status=task_status)
-
-    port = await nursery.start(run)
-    return port, scope, bridge
-
-
 async def until(condition: Callable[[], bool]) -> None:
     """Wait (MockClock time) for what the edge has done to reach the simulated peers."""
     with trio.fail_after(5):
@@ -74,18 +60,25 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def connected(bridge: MemoryBridge) -> list[str]:
-    return [r.value["peer_id"] for r in bridge.records if r.value.get("event_type") == "connected"]
+    return [r.value["peer_id"] for r in bridge.records(event_type="connected")]
+
+
+def settings(edge_id: str) -> object:
+    return settings_for_tests(edge_id=edge_id, shutdown_timeout_sec=5.0)
 
 
 async def test_peers_of_a_stopped_edge_come_back_on_the_other(autojump_clock):
     """Six peer-sim peers spread round-robin over edges A and B (three each); A stops: its peers see
     UNAVAILABLE, back off (a random part of 0.5 s, since they had registered) and reconnect to the next
     address, B, which then holds all six."""
-    async with trio.open_nursery() as nursery:
-        port_a, scope_a, bridge_a = await start_edge(nursery, "edge-a")
-        port_b, _, bridge_b = await start_edge(nursery, "edge-b")
+    bridge_a, bridge_b = MemoryBridge(), MemoryBridge()
+    async with (
+        running_edge(settings("edge-a"), bridge=bridge_a) as edge_a,
+        running_edge(settings("edge-b"), bridge=bridge_b) as edge_b,
+        trio.open_nursery() as nursery,
+    ):
         config = SimConfig(
-            edges=(("127.0.0.1", port_a), ("127.0.0.1", port_b)),
+            edges=(("127.0.0.1", edge_a.port), ("127.0.0.1", edge_b.port)),
             tls=False,
             peers=6,
             connect_rate=0,
@@ -94,15 +87,13 @@ async def test_peers_of_a_stopped_edge_come_back_on_the_other(autojump_clock):
         )
         simulation = PeerSimulation(config)
         nursery.start_soon(simulation.run)
-        with trio.fail_after(30):
-            await bridge_b.wait_for(lambda records: len(connected(bridge_b)) == 3)
-            await bridge_a.wait_for(lambda records: len(connected(bridge_a)) == 3)
+        await bridge_b.wait_for(lambda: len(connected(bridge_b)) == 3)
+        await bridge_a.wait_for(lambda: len(connected(bridge_a)) == 3)
         on_a = set(connected(bridge_a))
-        assert simulation.stats.connections == {f"127.0.0.1:{port_a}": 3, f"127.0.0.1:{port_b}": 3}
+        assert simulation.stats.connections == {f"127.0.0.1:{edge_a.port}": 3, f"127.0.0.1:{edge_b.port}": 3}
         stopped_at = trio.current_time()
-        scope_a.cancel()
-        with trio.fail_after(30):
-            await bridge_b.wait_for(lambda records: len(connected(bridge_b)) == 6)
+        await edge_a.stop()
+        await bridge_b.wait_for(lambda: len(connected(bridge_b)) == 6)
         came_back_after = trio.current_time() - stopped_at
         assert on_a <= set(connected(bridge_b)) and len(set(connected(bridge_b))) == 6
         assert came_back_after < 1.5  # two draws of at most 0.5 s each (stream, then connection), plus the drain
@@ -117,20 +108,19 @@ async def test_a_replaced_peer_waits_at_least_half_the_cap(autojump_clock):
     """Another process registers the same peer id: the first one's stream ends ABORTED and it waits
     15-30 s (not the usual fraction of a second) before taking its id back, so two copies of a peer
     do not take each other over in a tight loop."""
-    async with trio.open_nursery() as nursery:
-        port, _, bridge = await start_edge(nursery, "edge-r")
-        base = SimConfig(host="127.0.0.1", port=port, tls=False, peers=1, id_prefix="dup", connect_rate=0, progress_interval=0)
+    bridge = MemoryBridge()
+    async with running_edge(settings("edge-r"), bridge=bridge) as edge, trio.open_nursery() as nursery:
+        base = SimConfig(
+            host="127.0.0.1", port=edge.port, tls=False, peers=1, id_prefix="dup", connect_rate=0, progress_interval=0
+        )
         first = PeerSimulation(base)
         nursery.start_soon(first.run)
-        with trio.fail_after(30):
-            await bridge.wait_for(lambda records: len(connected(bridge)) == 1)
+        await bridge.wait_for(lambda: len(connected(bridge)) == 1)
         second = PeerSimulation(attrs.evolve(base, reconnect=False))
         nursery.start_soon(second.run)
-        with trio.fail_after(30):
-            await bridge.wait_for(lambda records: len(connected(bridge)) == 2)
+        await bridge.wait_for(lambda: len(connected(bridge)) == 2)
         replaced_at = trio.current_time()
-        with trio.fail_after(60):
-            await bridge.wait_for(lambda records: len(connected(bridge)) == 3)
+        await bridge.wait_for(lambda: len(connected(bridge)) == 3, timeout=60)
         assert 15 <= trio.current_time() - replaced_at <= 31
         await until(lambda: first.stats.registrations == 2)
         assert first.stats.stream_endings["ABORTED"] == 1
@@ -138,4 +128,3 @@ async def test_a_replaced_peer_waits_at_least_half_the_cap(autojump_clock):
         first.stop()
         await first.wait_stopping()
         nursery.cancel_scope.cancel()
-

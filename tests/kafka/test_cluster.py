@@ -22,8 +22,7 @@ import edge
 from edge.kafka.topics import ensure_topics, required_topics
 from edge.ops.readiness import KafkaState
 from edge.proto import pb
-from tests.bridge.support import Collector, bridge_settings, command
-from tests.kafka.client import (
+from testing.kafka.client import (
     NotEnoughRecords,
     Partition,
     consume_records,
@@ -32,6 +31,8 @@ from tests.kafka.client import (
     group_coordinator,
     produce_records,
 )
+from testing.settings import edge_settings
+from tests.kafka.support import Collector, command
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.cluster]
 
@@ -44,7 +45,7 @@ COMMAND_BATCH = 30
 async def test_cluster_replicates_and_edge_topics_get_three_replicas(kafka_cluster, kafka_topic_prefix, tls_files):
     """All three brokers are registered; with KAFKA_TOPIC_REPLICATION_FACTOR=0 (auto) the edge creates
     its topics with 3 replicas, all in sync; a topic made with the client helper is replicated too."""
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix, kafka_cluster.bootstrap, tls_files, True, kafka_topic_replication_factor=0
     )
     async with trio_asyncio.open_loop():
@@ -126,7 +127,7 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
         )
     }
     edges = [
-        bridge_settings(
+        edge_settings(
             f"{kafka_topic_prefix}-{name}",
             bootstrap,
             tls_files,
@@ -141,15 +142,11 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
     ]
     figures = Figures(killed_after_events=PEERS * EVENTS_PER_PEER // 3)
     peer_ids = [f"{kafka_topic_prefix}-p{i}" for i in range(PEERS)]  # peer i on edge i % 2
-    states = [KafkaState() for _ in edges]
     third_sent = trio.Event()
     killed = trio.Event()
     restarted = trio.Event()
     events_topic = shared["kafka_file_hash_responses_topic"]
     topics = [events_topic, *(settings.commands_topic for settings in edges)]
-
-    async def run_edge(index: int, task_status: trio.TaskStatus[int]) -> None:
-        await edge.serve(edges[index], kafka_state=states[index], task_status=task_status)
 
     async def wait_ready(state: KafkaState) -> None:
         with trio.fail_after(90):
@@ -201,9 +198,10 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
 
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            ports = [await nursery.start(run_edge, index) for index in range(len(edges))]
-            for state in states:
-                await wait_ready(state)
+            started = [await nursery.start(edge.serve, settings) for settings in edges]
+            ports = [one.grpc_port for one in started]
+            for one in started:
+                await wait_ready(one.runtime.health.kafka)
             collectors = [
                 await Collector.connect(nursery, p, ports[i % len(edges)], tls_files.ca_pem)
                 for i, p in enumerate(peer_ids)
