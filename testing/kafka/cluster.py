@@ -20,8 +20,8 @@ bootstrap list.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -193,13 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
+        signal.signal(signum, interrupt)
     try:
         seconds = cluster.start()
         print(cluster.bootstrap, flush=True)
         print(f"# {args.nodes} nodes ready in {seconds:.2f} s; Ctrl-C stops them", file=sys.stderr, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while cluster.running:
-                time.sleep(1.0)
+        while cluster.running:
+            time.sleep(1.0)
+        return 1  # every node exited on its own
+    except KeyboardInterrupt:
         return 0
     except BrokerError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -10,7 +10,8 @@ broker, and the broker is running again after each test that uses it.
 
 `kafka_cluster` is a 3-node Apache Kafka cluster (testing/kafka/cluster.py: KRaft, replication factor 3,
 min.insync.replicas 2), started once per session on first use, whatever EDGE_TEST_KAFKA says; every
-node is running again after each test. Mark its tests `cluster` (`-m "not cluster"` leaves them out).
+node is running again after each test. Mark its tests `cluster`: they run last, together, so the
+cluster lives only while they run (`-m "not cluster"` leaves them out, `-m cluster` runs only them).
 
 Tests talking to a broker run on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
 """
@@ -77,6 +78,12 @@ def kafka_broker(_kafka_session_broker: Broker | None) -> Iterator[Broker]:
     finally:
         if not broker.is_running:
             broker.start()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the `cluster` tests last, together: the session's cluster (three JVMs, ~1 GB) then starts
+    once and lives only while they run."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
 
 
 @pytest.fixture(scope="session")
