@@ -74,6 +74,9 @@ class Figures:
     killed_node: int = 0
     killed_after_events: int = 0
     restart_sec: float = 0.0
+    #: Longest time no command reached any peer, from the kill until the broker was back (or until the
+    #: last command was sent, if sooner); it includes the test producer's own wait for a new leader.
+    command_gap_while_down_sec: float = 0.0
     isr_full_after_restart_sec: float | None = None
     deadletters: int = 0
 
@@ -143,6 +146,8 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
     figures = Figures(killed_after_events=PEERS * EVENTS_PER_PEER // 3)
     peer_ids = [f"{kafka_topic_prefix}-p{i}" for i in range(PEERS)]  # peer i on edge i % 2
     third_sent = trio.Event()
+    window = [0.0, 0.0]  # Trio time of the kill, and of the broker answering again
+    last_sent = [0.0]  # Trio time the last command was acknowledged by Kafka
     killed = trio.Event()
     restarted = trio.Event()
     events_topic = shared["kafka_file_hash_responses_topic"]
@@ -178,6 +183,7 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
                 await produce_records(bootstrap, settings.commands_topic, batch, idempotent=True, timeout=60)
                 figures.commands_sent += len(batch)
             await trio.sleep(0.1)
+        last_sent[0] = trio.current_time()
 
     async def kill_and_restart() -> None:
         with trio.fail_after(60):
@@ -188,9 +194,11 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
         else:
             figures.killed_node = await group_coordinator(bootstrap, edges[0].kafka_group_id)
         kafka_cluster.kill(figures.killed_node)
+        window[0] = trio.current_time()
         killed.set()
         await trio.sleep(3.0)  # down for a few seconds while the load goes on
         figures.restart_sec = round(await trio.to_thread.run_sync(kafka_cluster.start_node, figures.killed_node), 2)
+        window[1] = trio.current_time()
         began = time.monotonic()
         await _wait_isr_full(bootstrap, topics, 3, timeout=120)
         figures.isr_full_after_restart_sec = round(time.monotonic() - began, 2)
@@ -223,6 +231,10 @@ async def test_broker_sigkill_under_load_loses_no_event_or_command(
                 received = await _wait_commands(collectors, COMMANDS // PEERS, timeout=180)
                 figures.commands_unique = len(received)
                 figures.commands_duplicated = sum(received.values()) - len(received)
+                end = min(window[1], last_sent[0])  # no gap counted once every command was sent
+                arrivals = sorted(t for c in collectors for t in c.arrived_at if window[0] <= t <= end)
+                marks = [window[0], *arrivals, end]
+                figures.command_gap_while_down_sec = round(max(b - a for a, b in zip(marks, marks[1:])), 2)
                 for settings in edges:
                     try:
                         dead = await consume_records(bootstrap, settings.deadletter_topic, count=1, timeout=3)
