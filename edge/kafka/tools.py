@@ -2,7 +2,8 @@
 
 As everywhere in the edge, asyncio stays in edge/kafka/ and the boundary is crossed in batches: one
 crossing sends a command, one crossing fetches whatever records are ready. Every client is stopped
-and every call has a deadline (RISKS 9-11).
+and every call has a deadline (docs/design.md#trio-asyncio-handler-reraises, #trio-asyncio-late-cancel,
+#aiokafka-hangs).
 
 `tail` reads without a consumer group (aiokafka assigns itself every partition of the topics): it
 never commits, never joins the edge's group, and can run any number of times next to the edge.

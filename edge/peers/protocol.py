@@ -1,8 +1,8 @@
 """What peer messages mean: pure functions over protobuf and attrs values, no I/O, no event loop.
 
 A session task decodes bytes into a `PeerMessage`, asks this module what to do with it, and moves the
-answer (Kafka records, replies) where it has to go. Every JSON shape of SPEC section 3 that comes from a
-peer is built here, so a table of tests can check each field without a loop or a broker.
+answer (Kafka records, replies) where it has to go. Every JSON shape of docs/protocol.md#kafka-contract that
+comes from a peer is built here, so a table of tests can check each field without a loop or a broker.
 
 Record size. A peer may send messages up to GRPC_MAX_MESSAGE_BYTES (4 MiB), but Kafka takes records of
 about 1 MB by default, and a record the producer cannot send would be retried forever and stall every

@@ -1,6 +1,6 @@
 """`python -m edge send-command`: put one command for a peer on an edge's command topic.
 
-`build_command` (pure) checks the command against SPEC section 3 before anything is sent, so an
+`build_command` (pure) checks the command against docs/protocol.md#commands before anything is sent, so an
 operator's typo is an error message here, not a dead letter later; `--raw` skips the checks and sends
 the given JSON (or text) as the whole record value, to try the edge's dead-letter handling.
 """
@@ -16,7 +16,7 @@ from typing import Any, Final, TextIO
 from edge.config import Settings
 from edge.convert import timestamp
 
-#: command_type -> its command_data fields and their JSON types (SPEC section 3).
+#: command_type -> its command_data fields and their JSON types (docs/protocol.md#commands).
 COMMAND_FIELDS: Final[dict[str, dict[str, type | tuple[type, ...]]]] = {
     "file_delete": {"catalog_uuids": list},
     "file_hash": {"catalog_uuid": str, "hash_types": list},

@@ -86,7 +86,8 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 @attrs.define(eq=False)
 class MemoryBridge:
-    """An in-memory Kafka bridge for timed tests (Kafka stays out of MockClock, RISKS 13).
+    """An in-memory Kafka bridge for timed tests (Kafka stays out of MockClock,
+    docs/design.md#mock-clock-real-io).
 
     Reports itself connected, collects what it would produce in `records`, and, like the real one,
     keeps draining after cancellation until the peer side closes the channel, for at most

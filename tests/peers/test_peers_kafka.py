@@ -1,4 +1,5 @@
-"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (SPEC 2, 3, 5).
+"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (docs/protocol.md#registration,
+#endings, #kafka-contract, #bad-input).
 
 Rules: the edge's own composition on a real TLS port (tests/peers/real.py), real grpcio clients
 (grpc.aio on one asyncio loop in a worker thread, or a killed client process), records read back from
@@ -85,8 +86,8 @@ async def test_every_peer_message_kind_reaches_its_topic_with_the_specs_fields(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any
 ) -> None:
     """One grpcio peer over TLS sends one of each PeerMessage kind; each record is read back from
-    Kafka, keyed by the peer id, with every field of SPEC 3 (and nothing for heartbeats and unknown
-    payloads)."""
+    Kafka, keyed by the peer id, with every field of docs/protocol.md#kafka-contract (and nothing for
+    heartbeats and unknown payloads)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, screenshot_max_bytes=1024
     )
@@ -163,7 +164,8 @@ async def test_every_disconnect_reason_reaches_the_lifecycle_topic(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any, monkeypatch: Any
 ) -> None:
     """Ten sessions, one edge, each ended a different way; the lifecycle topic has each one's
-    `connected` and `disconnected` with the reason, and each grpcio peer got the SPEC's status."""
+    `connected` and `disconnected` with the reason, and each grpcio peer got its status
+    (docs/protocol.md#endings)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence,
         heartbeat_interval_sec=1, peer_timeout_sec=2, grpc_max_message_bytes=64 * 1024,
