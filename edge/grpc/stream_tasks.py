@@ -247,7 +247,7 @@ def _leaves(group: BaseExceptionGroup[StreamError]) -> list[StreamError]:
 def _same_status(a: Status | None, b: Status | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a.status_code == b.status_code and a.status_message == b.status_message
+    return bool(a.status_code == b.status_code and a.status_message == b.status_message)
 
 
 def _single(group: BaseExceptionGroup[Exception]) -> BaseException:

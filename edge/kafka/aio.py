@@ -122,7 +122,8 @@ class Assignments(Protocol):
     """What the consumer's rebalance listener tells the Trio side (plain synchronous calls: asyncio
     callbacks run inside a Trio task of the trio-asyncio loop, so they may touch Trio objects)."""
 
-    generation: int
+    @property
+    def generation(self) -> int: ...
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, tuple[int, str]]:
         """Forget `partitions`; return the commits to make for them before they go."""
@@ -169,7 +170,7 @@ class Progress:
     ends: Mapping[TopicPartition, int]
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its base is Any
     def __init__(self, owner: AioConsumer) -> None:
         self._owner = owner
 

@@ -125,7 +125,8 @@ async def open_tail(
 
             async def fetch(wait_ms: int = 500, limit: int = 500) -> list[TailRecord]:
                 with trio.fail_after(timeout + wait_ms / 1000):
-                    return await trio_asyncio.aio_as_trio(tail.fetch)(wait_ms, limit)
+                    records: list[TailRecord] = await trio_asyncio.aio_as_trio(tail.fetch)(wait_ms, limit)
+                    return records
 
             yield fetch
         finally:

@@ -268,19 +268,21 @@ def records_for_message(
         topic = settings.kafka_peer_catalog_updates_topic
         return tuple(OutboundRecord(topic, info.peer_id, part) for part in parts)
     if kind == "file_delete_response":
-        body = message.file_delete_response
-        value.update(catalog_uuid=body.catalog_uuid, success=body.success, error_message=body.error_message)
+        deleted = message.file_delete_response
+        value.update(
+            catalog_uuid=deleted.catalog_uuid, success=deleted.success, error_message=deleted.error_message
+        )
         topic = settings.kafka_file_delete_responses_topic
     elif kind == "file_hash_response":
-        body = message.file_hash_response
+        hashed = message.file_hash_response
         value.update(
-            catalog_uuid=body.catalog_uuid, hashes=dict(body.hashes), error_message=body.error_message
+            catalog_uuid=hashed.catalog_uuid, hashes=dict(hashed.hashes), error_message=hashed.error_message
         )
         topic = settings.kafka_file_hash_responses_topic
     elif kind == "file_remap_response":
-        body = message.file_remap_response
+        remap = message.file_remap_response
         value.update(
-            new_catalog_uuid=body.new_catalog_uuid, success=body.success, error_message=body.error_message
+            new_catalog_uuid=remap.new_catalog_uuid, success=remap.success, error_message=remap.error_message
         )
         topic = settings.kafka_file_remap_responses_topic
     elif kind == "screenshot_capture_response":

@@ -54,7 +54,7 @@ def build_command(
         if isinstance(value, bool) or not isinstance(value, expected):
             kind = {list: "a list", str: "a string", int: "an integer"}[expected]  # type: ignore[index]
             raise CommandError(f"command_data.{name} must be {kind}")
-        if expected is list and command_type != "batch_file_offer_response" and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and command_type != "batch_file_offer_response" and not all(isinstance(v, str) for v in value):
             raise CommandError(f"command_data.{name} must be a list of strings")
     command: dict[str, Any] = {
         "peer_id": peer_id,
