@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import structlog
 import trio
 

@@ -66,7 +66,7 @@ async def send_record(bootstrap: str, topic: str, key: bytes, value: bytes, *, t
         async with _loop():
             try:
                 result = await trio_asyncio.aio_as_trio(_aio_send)(bootstrap, topic, key, value, timeout)
-            except Exception as error:  # re-raised outside the loop's nursery, as itself
+            except Exception as error:  # noqa: BLE001 - re-raised outside the loop's nursery, as itself
                 failure = error
     if failure is not None:
         raise failure

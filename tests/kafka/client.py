@@ -89,7 +89,7 @@ async def _in_loop(timeout: float, fn: Any, *args: Any) -> Any:
             loop.set_exception_handler(_log_loop_exception)
             try:
                 result = await trio_asyncio.aio_as_trio(fn)(*args)
-            except Exception as error:  # re-raised below, outside the loop's nursery
+            except Exception as error:  # noqa: BLE001 - re-raised below, outside the loop's nursery
                 failure = error
     if failure is not None:
         raise failure

@@ -358,8 +358,8 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
                 *(misbehave(name) for name in names),
                 register_twice(),
             )
-            bad = dict(zip([*names, "second_registration"], results[20:]), over_limit=over_limit)
-            return dict(zip([f"good-{n:02d}" for n in range(20)], results[:20])), bad
+            bad = dict(zip([*names, "second_registration"], results[20:], strict=True), over_limit=over_limit)
+            return dict(zip([f"good-{n:02d}" for n in range(20)], results[:20], strict=True)), bad
 
         good, bad = await aio.run(scenario())
 
@@ -541,7 +541,7 @@ async def _drop_200(settings: Any, ca_path: Path) -> tuple[dict[str, float], tup
             for wave in range(1, 10):
                 dropped_at.update(await cancelling.cancel(20))
                 with trio.fail_after(10):
-                    await edge.stats.wait_until(lambda s: s.streams_open == 200 - 20 * wave)
+                    await edge.stats.wait_until(lambda s, wave=wave: s.streams_open == 200 - 20 * wave)
             killed_at = time.time()
             killed.process.kill()
             dropped_at.update((f"killed-{n:03d}", killed_at) for n in range(20))
