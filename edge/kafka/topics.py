@@ -128,7 +128,8 @@ async def ensure_topics(settings: Settings, timeout: float) -> list[str]:
     like this), or trio.TooSlowError / a KafkaError / OSError while Kafka cannot be reached.
     """
     with trio.fail_after(timeout):
-        created, replicas = await trio_asyncio.aio_as_trio(_aio_ensure_topics)(settings)
+        outcome: tuple[list[str], int] = await trio_asyncio.aio_as_trio(_aio_ensure_topics)(settings)
+    created, replicas = outcome
     if created:
         log.info(
             "kafka_topics_created",

@@ -89,6 +89,7 @@ class SimConfig:
         width = self.id_width or len(str(self.id_offset + self.peers))
         return [f"{self.id_prefix}-{i:0{width}d}" for i in range(self.id_offset + 1, self.id_offset + self.peers + 1)]
 
+
 # --- what a peer answers: pure ------------------------------------------------------------------
 
 
@@ -138,21 +139,21 @@ def answers_for(message: pb.EdgeMessage) -> list[pb.PeerMessage]:
             )
         ]
     if kind == "file_remap_request":
-        request = message.file_remap_request
+        remap = message.file_remap_request
         return [
             pb.PeerMessage(
                 request_id=rid,
-                file_remap_response=pb.FileRemapResponse(new_catalog_uuid=request.new_catalog_uuid, success=True),
+                file_remap_response=pb.FileRemapResponse(new_catalog_uuid=remap.new_catalog_uuid, success=True),
             )
         ]
     if kind == "screenshot_capture_request":
-        request = message.screenshot_capture_request
-        count = min(max(request.quantity, 1), MAX_SCREENSHOTS)
+        capture = message.screenshot_capture_request
+        count = min(max(capture.quantity, 1), MAX_SCREENSHOTS)
         return [
             pb.PeerMessage(
                 request_id=rid,
                 screenshot_capture_response=pb.ScreenshotCaptureResponse(
-                    catalog_uuid=request.catalog_uuid,
+                    catalog_uuid=capture.catalog_uuid,
                     screenshot=pb.ScreenshotData(frame_number_in_video=(i + 1) * 240, screenshot=tiny_png(i)),
                 ),
             )

@@ -94,7 +94,7 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     target[k] = target.get(k, 0) + v
             elif isinstance(value, list):
                 target = merged.setdefault(key, [0] * len(value))
-                merged[key] = [a + b for a, b in zip(target, value)]
+                merged[key] = [a + b for a, b in zip(target, value, strict=False)]
             else:
                 merged[key] = merged.get(key, 0) + value
     if len(snapshots) != 1 and any(s.get("all_registered_after_sec") is None for s in snapshots):

@@ -13,7 +13,8 @@ min.insync.replicas 2), started once per session on first use, whatever EDGE_TES
 node is running again after each test. Mark its tests `cluster`: they run last, together, so the
 cluster lives only while they run (`-m "not cluster"` leaves them out, `-m cluster` runs only them).
 
-Tests talking to a broker run on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
+Tests talking to a broker run on the real clock (docs/design.md#mock-clock-real-io); give them fresh
+topic names from `kafka_topic_prefix`/`kafka_unique_name`.
 """
 
 from __future__ import annotations
