@@ -34,6 +34,7 @@ class RunningPeers:
     registry: PeerRegistry
     admission: Admission
     received: list[Received]
+    runtime: EdgeRuntime
     #: Records taken so far, by key (cheap to check on every record, unlike scanning `received`).
     counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     _changed: trio.Event = attrs.field(factory=trio.Event)
@@ -45,6 +46,13 @@ class RunningPeers:
             if (topic is None or item.record.topic == topic)
             and (event_type is None or item.record.value.get("event_type") == event_type)
         ]
+
+    def refused(self, cause: str) -> float:
+        """`giggityflix_edge_registrations_refused_total{cause}` so far."""
+        value = self.runtime.metrics.registry.get_sample_value(
+            "giggityflix_edge_registrations_refused_total", {"cause": cause}
+        )
+        return value or 0.0
 
     def notify(self) -> None:
         self._changed.set()
@@ -66,6 +74,7 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
     admission = load_admission(settings, now)
     received: list[Received] = []
+    runtime = EdgeRuntime.create(settings.edge_id)
     async with trio.open_nursery() as nursery:
         running: RunningPeers | None = None
 
@@ -87,13 +96,13 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
                     send,
                     registry,
                     now,
-                    runtime=EdgeRuntime.create(settings.edge_id),
+                    runtime=runtime,
                     admission=admission,
                     task_status=task_status,
                 )
 
         port = await nursery.start(serve)
-        running = RunningPeers(port=port, registry=registry, admission=admission, received=received)
+        running = RunningPeers(port=port, registry=registry, admission=admission, received=received, runtime=runtime)
         try:
             yield running
         finally:

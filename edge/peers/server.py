@@ -101,7 +101,7 @@ async def serve_peers(
     )
     # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
     # do not (load balancers probe them), and bound their own streams.
-    routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
+    routes = {CONNECT_PATH: admission.guard(handler, runtime.metrics), **runtime.ops_routes()}
     stats = stats if stats is not None else runtime.grpc_stats
     async with events:
         async with trio.open_nursery() as nursery:
