@@ -1,17 +1,33 @@
 """`python -m edge`: the edge's command line.
 
 Reads the environment once (`load_settings(os.environ)`), configures logging, and runs a subcommand.
-A setting the edge cannot run with ends start-up with exit code 2 and one line on stderr naming the
-variable and what it accepts.
+Also installed as the `giggityflix-edge` console script.
+
+Exit codes of `run` (docs/operations.md, "Exit codes"):
+
+- 0: stopped by SIGINT/SIGTERM after a complete drain;
+- 1: a second signal, or the drain passed SHUTDOWN_DEADLINE_SEC;
+- 2: a setting (or an argument) the edge cannot run with: one line per bad setting on stderr, naming
+  the variable and what it accepts;
+- 3: the environment refused start-up (an address in use or not on this host, a port the user may
+  not bind, a file the edge may not read, the embedded broker not starting): one line per refusal,
+  naming the setting, its value and the system's reason.
+
+Start-up errors come out of the root nursery as exception groups; every leaf is reported, none is
+dropped. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import attrs
 import structlog
@@ -21,6 +37,16 @@ from edge.config import ConfigError, Settings, env_variables, load_settings, val
 from edge.logs import configure_logging
 
 log = structlog.get_logger(__name__)
+
+EXIT_OK: Final = 0
+EXIT_CONFIGURATION: Final = 2
+EXIT_ENVIRONMENT: Final = 3
+#: The console script's name (pyproject's [project.scripts]).
+SCRIPT_NAME: Final = "giggityflix-edge"
+#: `run --embedded-kafka` puts its broker here unless told otherwise, so that the tools (tail,
+#: send-command) find it at KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 without a restart. Not 9092: that
+#: is where a real Kafka on the same machine would be.
+EMBEDDED_KAFKA_PORT: Final = 19092
 
 EPILOG_RUN = """\
 examples:
@@ -33,11 +59,22 @@ Configuration comes from environment variables; `python -m edge settings` lists 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def prog_name(argv0: str) -> str:
+    """How the user called us: `python -m edge` or the console script's own name."""
+    name = Path(argv0).name
+    if name in ("__main__.py", "-m", "-c", ""):
+        return "python -m edge"
+    return name if name.startswith(SCRIPT_NAME) else SCRIPT_NAME
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from edge import __version__
+
     parser = argparse.ArgumentParser(
-        prog="python -m edge",
+        prog=prog if prog is not None else prog_name(sys.argv[0]),
         description="Giggityflix edge: holds peers' gRPC streams and joins them to the backend via Kafka.",
     )
+    parser.add_argument("--version", action="version", version=f"{SCRIPT_NAME} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -54,10 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--embedded-kafka-port",
-        type=int,
-        default=0,
+        type=_port,
+        default=EMBEDDED_KAFKA_PORT,
         metavar="PORT",
-        help="port of the embedded broker (default: a free one); fix it to point the tools at it",
+        help=f"port of the embedded broker on 127.0.0.1 (default: {EMBEDDED_KAFKA_PORT}, where the tools find it "
+        "with KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:%(default)s; 0 picks a free one)",
     )
     run.add_argument(
         "--dev-certs",
@@ -227,6 +265,13 @@ def _add_tail(commands: argparse._SubParsersAction) -> None:
     tail.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number, 0 to 65535")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -351,26 +396,111 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.dev_certs:
         settings = _ensure_dev_certs(settings)
-    from edge.nursery import run
+    return _run(settings, embedded_kafka=args.embedded_kafka, embedded_kafka_port=args.embedded_kafka_port)
 
-    refused: ConfigError | None = None
+
+def _run(settings: Settings, *, embedded_kafka: bool, embedded_kafka_port: int) -> int:
+    from edge.embedded_kafka import EmbeddedKafkaError
+    from edge.nursery import StartupRefused, run
+
+    refusals = list(_unreadable_files(settings))
+    if embedded_kafka:
+        refusals.extend(_embedded_port_refusal(embedded_kafka_port))
+    if refusals:
+        return _refused(refusals)
+    bad_settings: list[BaseException] = []
+    broker_failures: list[BaseException] = []
     try:
-        trio.run(lambda: run(settings, embedded_kafka=args.embedded_kafka, embedded_kafka_port=args.embedded_kafka_port))
+        trio.run(lambda: run(settings, embedded_kafka=embedded_kafka, embedded_kafka_port=embedded_kafka_port))
     except* ConfigError as group:  # raised at start-up, inside the root nursery
-        refused = _first_leaf(group)
-    if refused is not None:
-        return _config_error(refused)
-    return 0
+        bad_settings = list(_leaves(group))
+    except* StartupRefused as group:
+        refusals = [error for error in _leaves(group) if isinstance(error, StartupRefused)]
+    except* EmbeddedKafkaError as group:
+        broker_failures = list(_leaves(group))
+    for error in bad_settings:
+        print(f"edge: configuration error: {error}", file=sys.stderr)
+    for refusal in refusals:
+        print(f"edge: {refusal}; {_hint(refusal)}", file=sys.stderr)
+    for error in broker_failures:
+        # Not a setting: the broker of --embedded-kafka did not start, or died. Its log says why.
+        print(f"edge: --embedded-kafka: {error}", file=sys.stderr)
+    if bad_settings:
+        return EXIT_CONFIGURATION
+    return EXIT_ENVIRONMENT if refusals or broker_failures else EXIT_OK
 
 
-def _first_leaf(group: BaseExceptionGroup) -> ConfigError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first  # type: ignore[return-value]
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
+
+
+def _refused(refusals: list[StartupRefused]) -> int:
+    for error in refusals:
+        print(f"edge: {error}; {_hint(error)}", file=sys.stderr)
+    return EXIT_ENVIRONMENT
+
+
+def _hint(refusal: StartupRefused) -> str:
+    """What the operator can do about a refusal, by the system's reason."""
+    code, setting = refusal.error.errno, refusal.setting
+    if setting.startswith("--"):  # a command-line option, not a variable
+        if code == errno.EADDRINUSE:
+            return f"pass {setting} with a free port (0 picks one)"
+        return f"pass {setting} with another port"
+    if setting.endswith("_ADDRESS"):
+        if code == errno.EADDRINUSE:
+            return f"set {setting} to a free port, or stop what holds this one"
+        if code == errno.EACCES:
+            return f"ports below 1024 need CAP_NET_BIND_SERVICE: set {setting} to a port above 1023"
+        if code == errno.EADDRNOTAVAIL:
+            return f"this host has no such address: set {setting} to one of its addresses, or 0.0.0.0"
+        return f"set {setting} to an address this host can listen on"
+    return f"make {refusal.value} readable by the edge's user (uid {os.getuid()}), or set {setting} to another file"
+
+
+def _unreadable_files(settings: Settings) -> Iterator[StartupRefused]:
+    """The files the settings name that exist but cannot be read (a missing one is a configuration
+    error, reported with the others when they are loaded)."""
+    from edge.nursery import StartupRefused
+
+    files: dict[str, Path | None] = {
+        "GRPC_CLIENT_CA_PATH": settings.grpc_client_ca_path,
+        "PEER_TOKEN_HMAC_SECRET_PATH": settings.peer_token_hmac_secret_path,
+        "PEER_TOKEN_ED25519_PUBLIC_KEY_PATH": settings.peer_token_ed25519_public_key_path,
+    }
+    if settings.grpc_use_tls:
+        files = {"GRPC_CERT_PATH": settings.grpc_cert_path, "GRPC_KEY_PATH": settings.grpc_key_path, **files}
+    for setting, path in files.items():
+        if path is None or not path.is_file():
+            continue
+        try:
+            with path.open("rb") as file:
+                file.read(1)
+        except OSError as error:
+            yield StartupRefused(setting, path, error)
+
+
+def _embedded_port_refusal(port: int) -> Iterator[StartupRefused]:
+    """A fixed embedded broker port that is taken: said in one line before anything starts."""
+    from edge.nursery import StartupRefused
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the broker will
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            yield StartupRefused("--embedded-kafka-port", port, error)
 
 
 def _config_error(error: ConfigError) -> int:
     print(f"edge: configuration error: {error}", file=sys.stderr)
-    return 2
+    return EXIT_CONFIGURATION
 
 
 def _certs(args: argparse.Namespace) -> int:

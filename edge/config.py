@@ -219,7 +219,7 @@ class Settings:
         "PEER_TOKEN_ED25519_PUBLIC_KEY_PATH", None, "a path to PEM Ed25519 public keys (empty: none)"
     )
     peer_token_audience: str = _setting(
-        "PEER_TOKEN_AUDIENCE", "", "the aud tokens must carry (empty: aud not checked)"
+        "PEER_TOKEN_AUDIENCE", "", "the aud tokens must carry (empty: tokens carrying aud are refused)"
     )
     peer_token_leeway_sec: float = _setting(
         "PEER_TOKEN_LEEWAY_SEC", 30.0, "seconds, 0 or more, of clock skew allowed on exp and nbf", _non_negative

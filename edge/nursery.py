@@ -47,6 +47,32 @@ from edge.records import OutboundRecord
 log = structlog.get_logger(__name__)
 
 
+class StartupRefused(Exception):
+    """The environment refused what a setting asks for (an address in use or not on this host, a port
+    the user may not bind, a file it may not read). `setting` is the variable, `value` its value."""
+
+    def __init__(self, setting: str, value: object, error: OSError) -> None:
+        self.setting = setting
+        self.value = value
+        self.error = error
+        # os.strerror: the system's words, not those of a layer that re-raised it with its own text.
+        cause = f"{os.strerror(error.errno)} (errno {error.errno})" if error.errno else str(error)
+        super().__init__(f"{setting}={value}: {cause[:1].lower()}{cause[1:]}")
+
+
+def _refused(setting: str, value: object, group: BaseExceptionGroup[OSError]) -> Exception:
+    """One StartupRefused per OSError of `group` (a group of them if there are several)."""
+    refusals = [StartupRefused(setting, value, error) for error in _oserrors(group)]
+    return refusals[0] if len(refusals) == 1 else ExceptionGroup(f"{setting} refused", refusals)
+
+
+def _oserrors(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for error in group.exceptions:
+        found.extend(_oserrors(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
+
+
 def utc_now() -> datetime.datetime:
     """The one wall clock of the edge: timestamps in records, never timing."""
     return datetime.datetime.now(datetime.timezone.utc)
@@ -104,7 +130,10 @@ async def serve(
             # edge below has stopped.
             ops_scope = trio.CancelScope(shield=True)
             if settings.health_http_address is not None:
-                await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
+                try:
+                    await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
+                except OSError as error:
+                    raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
@@ -117,7 +146,10 @@ async def serve(
                         kafka,
                     )
                     peers = partial(serve_peers, config=grpc, admission=admission, runtime=runtime)
-                    port = await nursery.start(peers, settings, events_send, registry, now)
+                    try:
+                        port = await nursery.start(peers, settings, events_send, registry, now)
+                    except* OSError as group:  # before `started`, only binding the port does I/O
+                        raise _refused("GRPC_SERVER_ADDRESS", settings.grpc_server_address, group) from None
                     log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
                     task_status.started(port)
             finally:

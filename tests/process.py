@@ -49,6 +49,11 @@ class EdgeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        return cls.attach(nursery, process)
+
+    @classmethod
+    def attach(cls, nursery: trio.Nursery, process: trio.Process) -> EdgeProcess:
+        """Follow the JSON log on the stderr pipe of an edge started some other way."""
         edge = cls(process)
         nursery.start_soon(edge._read_log)
         return edge

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,40 @@ def test_certs_writes_a_usable_chain(tmp_path):
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
     assert oct((tmp_path / "server.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_version_comes_from_the_installed_package():
+    from importlib.metadata import version
+
+    import edge
+
+    assert edge.__version__ == version("giggityflix-edge")
+    result = run_edge("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"giggityflix-edge {edge.__version__}\n"
+
+
+def test_console_script_names_itself():
+    script = Path(sys.executable).with_name("giggityflix-edge")
+    if not script.exists():
+        pytest.skip(f"the console script is not installed beside {sys.executable}")
+    result = subprocess.run([str(script), "run", "--help"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: giggityflix-edge run ")
+    assert subprocess.run([str(script), "--version"], env=ENV, capture_output=True, text=True, timeout=60).stdout.startswith(
+        "giggityflix-edge "
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv0", "prog"),
+    [
+        ("/srv/edge/.venv/bin/giggityflix-edge", "giggityflix-edge"),
+        ("/usr/lib/python3/site-packages/edge/__main__.py", "python -m edge"),
+        ("something-else", "giggityflix-edge"),
+    ],
+)
+def test_prog_name_follows_how_the_edge_was_called(argv0, prog):
+    from edge.cli import prog_name
+
+    assert prog_name(argv0) == prog

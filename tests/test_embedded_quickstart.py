@@ -1,5 +1,6 @@
 """The README's run command on a fresh directory: `python -m edge run --embedded-kafka --dev-certs`
-starts its own broker, development certificates and a development token secret; a grpcio peer without
+(with `--embedded-kafka-port 0`: tests run side by side, the README's default port is fixed) starts
+its own broker, development certificates and a development token secret; a grpcio peer without
 a token is refused (UNAUTHENTICATED), one with a token from `python -m edge token` registers over TLS and
 hangs up, and both lifecycle events (of the authenticated peer only) are read back from the embedded
 broker; SIGTERM then exits 0."""
@@ -27,6 +28,8 @@ async def test_quickstart_slice_through_embedded_broker(tmp_path):
             nursery,
             "run",
             "--embedded-kafka",
+            "--embedded-kafka-port",
+            "0",
             "--dev-certs",
             env={"GRPC_SERVER_ADDRESS": "127.0.0.1:0", "EDGE_ID": "quickstart"},
             cwd=tmp_path,

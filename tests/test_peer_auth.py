@@ -170,10 +170,27 @@ def hs256(peer_id: str, secret: bytes, **kwargs) -> str:
     return mint_token(peer_id, secret, now=kwargs.pop("now", NOW), ttl_sec=kwargs.pop("ttl_sec", 600), **kwargs)
 
 
+def flip_unused_bit(token: str) -> str:
+    """`token` with an unused bit of its signature's last character set: the same signature bytes."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return token[:-1] + alphabet[alphabet.index(token[-1]) ^ 1]
+
+
 TOKEN_CASES = {
     # name: (token for claimed id "peer-t" or None, expected code, expected details (None: admitted))
     "valid_hs256": (lambda c: hs256("peer-t", c.hmac_secret), None, None),
     "valid_eddsa": (lambda c: hs256("peer-t", c.ed25519_key), None, None),
+    "valid_ed25519_alg": (lambda c: hs256("peer-t", c.ed25519_key, extra_header={"alg": "Ed25519"}), None, None),
+    "unexpected_audience": (
+        lambda c: hs256("peer-t", c.hmac_secret, audience="another-service"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "bearer token names an audience (aud) and this edge has none",
+    ),
+    "non_canonical_signature": (
+        lambda c: flip_unused_bit(hs256("peer-t", c.hmac_secret)),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "bearer token is not canonical base64url",
+    ),
     "expired": (
         lambda c: hs256("peer-t", c.hmac_secret, now=NOW - datetime.timedelta(hours=2), ttl_sec=3600),
         grpc.StatusCode.UNAUTHENTICATED,

@@ -164,6 +164,75 @@ def test_audience_is_checked_when_configured():
     assert reason(mint_token("peer-1", SECRET, now=NOW, ttl_sec=60, audience="backend"), audience="edge-eu") == "token_audience"
 
 
+def test_a_token_carrying_aud_is_refused_when_no_audience_is_configured():
+    """RFC 7519 4.1.3: an edge without PEER_TOKEN_AUDIENCE is in no audience, so a token meant for one is
+    not for it; a token without `aud` is still accepted."""
+    assert verify(mint_token("peer-1", SECRET, now=NOW, ttl_sec=60)) == "peer-1"
+    assert verify(mint_token("peer-1", ED_KEY, now=NOW, ttl_sec=60)) == "peer-1"
+    for aud in ("edge-eu", ["edge-eu", "backend"], [], ""):
+        token = hand_made({"alg": "HS256"}, {**GOOD_CLAIMS, "aud": aud})
+        assert reason(token) == "token_audience", aud
+    with pytest.raises(TokenError) as caught:
+        verify(mint_token("peer-1", ED_KEY, now=NOW, ttl_sec=60, audience="edge-eu"))
+    assert caught.value.message == "bearer token names an audience (aud) and this edge has none"
+
+
+def with_unused_bits_set(segment: str) -> str:
+    """`segment` with the lowest bit of its last character flipped: a bit the decoder ignores."""
+    assert len(segment) % 4 in (2, 3), "a segment of whole 3-byte groups has no unused bits"
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    altered = segment[:-1] + alphabet[alphabet.index(segment[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(altered + "==") == base64.urlsafe_b64decode(segment + "==")
+    return altered
+
+
+@pytest.mark.parametrize("key", [SECRET, ED_KEY], ids=["HS256", "EdDSA"])
+def test_non_canonical_base64url_is_refused(key):
+    """Each segment must be the one canonical encoding of its bytes: a signature (or header, or payload)
+    altered in the unused bits of its last character decodes to the same bytes and is refused all the
+    same; so are padding and characters outside the URL-safe alphabet."""
+    head, body, sig = mint_token("peer-1", key, now=NOW, ttl_sec=60).split(".")
+    assert verify(f"{head}.{body}.{sig}") == "peer-1"
+    with pytest.raises(TokenError) as caught:
+        verify(f"{head}.{body}.{with_unused_bits_set(sig)}")
+    assert (caught.value.reason, caught.value.message) == ("token_malformed", "bearer token is not canonical base64url")
+    odd_header = b64(json.dumps({"alg": "HS256"}).encode())  # 16 bytes: 22 characters, 4 unused bits
+    token = hand_made({"alg": "HS256"}, {**GOOD_CLAIMS, "n": 0})  # 44 bytes: 59 characters, 2 unused bits
+    assert token.startswith(odd_header + ".") and verify(token) == "peer-1"
+    _, hand_body, hand_sig = token.split(".")
+    assert reason(f"{with_unused_bits_set(odd_header)}.{hand_body}.{hand_sig}") == "token_malformed"
+    # A payload is signed as written, so an altered one fails the signature; one signed as altered
+    # (an issuer's odd encoder) is refused for its encoding.
+    altered_body = with_unused_bits_set(hand_body)
+    assert reason(f"{odd_header}.{altered_body}.{hand_sig}") == "token_signature"
+    resigned = hmac.new(SECRET, f"{odd_header}.{altered_body}".encode(), hashlib.sha256).digest()
+    assert reason(f"{odd_header}.{altered_body}.{b64(resigned)}") == "token_malformed"
+    padded = sig + "=" * (-len(sig) % 4)
+    assert padded != sig
+    for variant in (padded, sig.replace("-", "+").replace("_", "/"), sig[:20] + " " + sig[20:], sig + "\n"):
+        if variant != sig:
+            assert reason(f"{head}.{body}.{variant}") == "token_malformed", variant
+
+
+def test_rfc_9864_ed25519_algorithm_name_is_accepted_for_ed25519_keys():
+    """`Ed25519` (RFC 9864) and `EdDSA` verify alike against the Ed25519 keys, and only against them."""
+    modern = mint_token("peer-1", ED_KEY, now=NOW, ttl_sec=60, extra_header={"alg": "Ed25519"})
+    assert json.loads(base64.urlsafe_b64decode(modern.split(".")[0] + "=="))["alg"] == "Ed25519"
+    claims = verify_token(modern, KEYS, now=NOW, leeway_sec=30)
+    assert (claims.subject, claims.algorithm) == ("peer-1", "Ed25519")
+    ed_only = TokenKeys(ed25519_public_keys=(ED_KEY.public_key(),))
+    assert verify(modern, ed_only) == "peer-1"
+    assert ed_only.algorithms == {"EdDSA", "Ed25519"}
+    hs_only = TokenKeys(hmac_secrets=(SECRET,))
+    assert reason(modern, hs_only) == "token_algorithm"
+    other = mint_token("peer-1", Ed25519PrivateKey.generate(), now=NOW, ttl_sec=60, extra_header={"alg": "Ed25519"})
+    assert reason(other) == "token_signature"
+    # An HMAC signature under the new name is no Ed25519 signature.
+    assert reason(hand_made({"alg": "Ed25519"}, GOOD_CLAIMS)) == "token_signature"
+    for spelling in ("ed25519", "ED25519", "Ed448", "EdDSA25519"):
+        assert reason(hand_made({"alg": spelling}, GOOD_CLAIMS)) == "token_algorithm", spelling
+
+
 def test_every_configured_secret_and_key_verifies_for_rotation():
     rotated = TokenKeys(hmac_secrets=(OTHER_SECRET, SECRET), ed25519_public_keys=(Ed25519PrivateKey.generate().public_key(), ED_KEY.public_key()))
     assert verify(mint_token("peer-1", SECRET, now=NOW, ttl_sec=60), rotated) == "peer-1"

@@ -5,14 +5,20 @@ Two algorithms, each bound to its own key, so one can never be verified with the
 * `HS256`: HMAC-SHA256 with a shared secret (PEER_TOKEN_HMAC_SECRET_PATH: one secret per line, each at
   least 32 bytes; every line is tried, so secrets can be rotated without a flag day; tokens are minted
   with the first);
-* `EdDSA`: Ed25519 (PEER_TOKEN_ED25519_PUBLIC_KEY_PATH: one or more PEM public keys; every key is tried).
+* `Ed25519` (RFC 9864's fully-specified name) or `EdDSA` (RFC 8037's polymorphic one, which RFC 9864
+  deprecates but most issuers still write): Ed25519 (PEER_TOKEN_ED25519_PUBLIC_KEY_PATH: one or more PEM
+  public keys; every key is tried). Both names mean the same check against the same keys.
 
 The header's `alg` must be one of the algorithms that has a key configured (`none` never is); a header
 with `crit` is refused (we implement no extensions); duplicate JSON keys are refused (two parsers must
-never read one token differently). The signature is checked before any claim is looked at. Claims: `sub`
-(the peer id, a non-empty string) and `exp` (a number) are required; `nbf` is honoured when present;
-`exp`/`nbf` are compared with the wall clock with PEER_TOKEN_LEEWAY_SEC of tolerance; with
-PEER_TOKEN_AUDIENCE set, `aud` must be or contain it.
+never read one token differently). Each segment must be canonical base64url (RFC 7515 §2: no padding,
+only the URL-safe alphabet, and the unused low bits of the last character zero), checked by decoding and
+encoding again: otherwise several strings would carry one signature, and a token altered in those bits
+would still verify. The signature is checked before any claim is looked at. Claims: `sub` (the peer id, a
+non-empty string) and `exp` (a number) are required; `nbf` is honoured when present; `exp`/`nbf` are
+compared with the wall clock with PEER_TOKEN_LEEWAY_SEC of tolerance. `aud` (RFC 7519 §4.1.3): with
+PEER_TOKEN_AUDIENCE set, it must be or contain that value; without it, a token carrying `aud` is refused,
+since this edge cannot identify itself with any audience the issuer meant.
 
 Nothing here logs, and no error message contains token or key material.
 """
@@ -35,12 +41,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 HS256: Final = "HS256"
 EDDSA: Final = "EdDSA"
+#: RFC 9864's fully-specified name for EdDSA over Ed25519; verified exactly as `EdDSA`.
+ED25519: Final = "Ed25519"
 #: Longest token accepted (a peer token is a few hundred bytes).
 MAX_TOKEN_CHARS: Final = 8192
 MIN_HMAC_SECRET_BYTES: Final = 32
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_TIMESTAMP: Final = 2**53
-_SIGNATURE_BYTES: Final = {HS256: 32, EDDSA: 64}
+_SIGNATURE_BYTES: Final = {HS256: 32, EDDSA: 64, ED25519: 64}
 
 
 class TokenError(Exception):
@@ -65,7 +73,7 @@ class TokenKeys:
         if self.hmac_secrets:
             algorithms.add(HS256)
         if self.ed25519_public_keys:
-            algorithms.add(EDDSA)
+            algorithms.update((EDDSA, ED25519))
         return frozenset(algorithms)
 
     def __repr__(self) -> str:
@@ -149,6 +157,8 @@ def _check_claims(
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if audience not in audiences:
             raise TokenError("token_audience", "bearer token is not meant for this edge (aud)")
+    elif "aud" in claims:
+        raise TokenError("token_audience", "bearer token names an audience (aud) and this edge has none")
     try:
         expires_at = datetime.datetime.fromtimestamp(expires, datetime.timezone.utc)
     except (OverflowError, OSError, ValueError):  # beyond year 9999
@@ -164,10 +174,16 @@ def _is_number(value: object) -> bool:
 
 
 def _b64decode(segment: str) -> bytes:
+    """The bytes of a canonical base64url segment (no padding, unused trailing bits zero)."""
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except ValueError:
         raise TokenError("token_malformed", "bearer token is not valid base64url") from None
+    # The decoder ignores the unused low bits of the last character (and would skip characters outside
+    # the alphabet); encoding again tells a canonical segment from its variants.
+    if _b64encode(data) != segment:
+        raise TokenError("token_malformed", "bearer token is not canonical base64url")
+    return data
 
 
 def _no_duplicates(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
@@ -209,7 +225,11 @@ def mint_token(
     not_before: datetime.datetime | None = None,
     extra_header: Mapping[str, Any] | None = None,
 ) -> str:
-    """A token for `peer_id`: HS256 with a secret (bytes), EdDSA with an Ed25519 private key."""
+    """A token for `peer_id`: HS256 with a secret (bytes), EdDSA with an Ed25519 private key.
+
+    Ed25519 tokens are labelled `EdDSA`, the name every JWT library verifies; an issuer that writes
+    RFC 9864's `Ed25519` is accepted as well (`extra_header={"alg": "Ed25519"}` makes one).
+    """
     algorithm = EDDSA if isinstance(key, Ed25519PrivateKey) else HS256
     header: dict[str, Any] = {"alg": algorithm, "typ": "JWT", **(extra_header or {})}
     issued = int(now.timestamp())
