@@ -27,7 +27,6 @@ Every metric, with its meaning, is listed in docs/operations.md.
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -37,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
+import edge
 from edge.ops.grpc_metrics import GrpcServerMetrics
 
 PREFIX: Final = "giggityflix_edge"
@@ -72,11 +72,8 @@ def _name(suffix: str) -> str:
 
 
 def edge_version() -> str:
-    """The installed distribution's version (`0+unknown` when run from a tree that is not installed)."""
-    try:
-        return importlib.metadata.version("giggityflix-edge")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    """`edge.__version__` (read when called: `edge` imports this module while it initialises)."""
+    return edge.__version__
 
 
 class _WithoutCreated:

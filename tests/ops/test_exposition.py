@@ -12,6 +12,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from purerpc.grpclib.status import StatusCode
 
+import edge
 from edge.ops.grpc_metrics import HANDLING_BUCKETS, GrpcServerMetrics, Method, grpc_type, served_methods
 from edge.ops.http import respond, wants_openmetrics
 from edge.ops.metrics import REFUSAL_CAUSES, EdgeMetrics, edge_version
@@ -44,7 +45,7 @@ def test_process_metrics_are_in_the_edges_own_registry():
 
 def test_info_names_the_edge_and_its_version():
     metrics = EdgeMetrics.create("edge-9")
-    assert edge_version()
+    assert edge_version() == edge.__version__ != ""
     assert sample(metrics, "giggityflix_edge_info", edge_id="edge-9", version=edge_version()) == 1
 
 
