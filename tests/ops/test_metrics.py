@@ -53,7 +53,7 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
         before = await scrape(runtime.http_port)
-        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix) == 1
+        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix, version=edge.__version__) == 1
         assert value(before, "giggityflix_edge_sessions_started_total") == 0
         assert value(before, "giggityflix_edge_event_buffer_capacity") == settings.kafka_event_buffer_size
 
