@@ -18,7 +18,7 @@ labels only take values the edge chooses.
 Next to them, one edge metric of the same transport: TLS handshakes that failed, by cause.
 
 The transport reports through two calls: `call_started(path, now)`, which returns the call's
-`CallMetrics` (`received()`, `sent()`, `handled(code, now)`), and `handshake_failed(cause)`. Times are
+`GrpcCallMetrics` (`received()`, `sent()`, `handled(code, now)`), and `handshake_failed(cause)`. Times are
 Trio times passed in by the caller, so this module needs no event loop and MockClock drives it.
 """
 
@@ -93,7 +93,7 @@ def method_from_path(path: str) -> Method:
     return Method("unknown", service or "unknown", name or "unknown")
 
 
-class CallMetrics:
+class GrpcCallMetrics:
     """The counters of one call, resolved once when it starts (messages are counted on hot paths)."""
 
     __slots__ = ("_handled", "_handling", "_received", "_sent", "_started_at")
@@ -185,11 +185,11 @@ class GrpcServerMetrics:
             metrics.handshake_failures.labels(cause=cause)
         return metrics
 
-    def call_started(self, path: str, now: float) -> CallMetrics:
+    def call_started(self, path: str, now: float) -> GrpcCallMetrics:
         """A routed call on `path` started at Trio time `now`."""
         children = self._children_of(path)
         children.started.inc()
-        return CallMetrics(children, now)
+        return GrpcCallMetrics(children, now)
 
     def handshake_failed(self, cause: str) -> None:
         self.handshake_failures.labels(cause=cause).inc()
