@@ -18,8 +18,9 @@ labels only take values the edge chooses.
 Next to them, one edge metric of the same transport: TLS handshakes that failed, by cause.
 
 The transport reports through two calls: `call_started(path, now)`, which returns the call's
-`GrpcCallMetrics` (`received()`, `sent()`, `handled(code, now)`), and `handshake_failed(cause)`. Times are
-Trio times passed in by the caller, so this module needs no event loop and MockClock drives it.
+`GrpcCallMetrics` (`received()`, `sent()`, `handled(code, now)`), and `handshake_failed(cause)`.
+Times are Trio times passed in by the caller, so this module needs no event loop and MockClock
+drives it.
 """
 
 from __future__ import annotations
