@@ -1,19 +1,31 @@
 """Our Trio gRPC server transport: a thin Trio shell around purerpc's sans-IO pieces.
 
 purerpc 0.8.0's own server leaks handlers on client resets, swallows Cancelled, leaks exception text,
-has no graceful shutdown and unbounded sizes (RISKS.md 1-8). This package keeps purerpc's HTTP/2 + gRPC
-parsing (subclassed in `connection.py`) and replaces everything that does I/O (`server.py`).
+has no graceful shutdown and unbounded sizes. This package keeps purerpc's HTTP/2 + gRPC parsing and
+replaces everything that does I/O.
 
     routes = {"/giggityflix.edge.v1.PeerEdgeService/Connect": handler}
     port = await nursery.start(serve_grpc, GrpcServerConfig(host, 0, ssl_context), routes)
 
 A handler is `async def handler(stream: ServerStream) -> Status | None`.
+
+Rooms, outermost first (each module's docstring draws its tasks and what cancelling them does):
+
+    listeners.py     serve_grpc: listening sockets, the accept loop, one task per accepted socket
+    sockets.py       an accepted socket's peer address and TCP keepalive
+    connection.py    serve_grpc_connection: one connection's handshake, reader, writer and close
+    stream_tasks.py  one task per stream: runs the handler, decides and queues the final status
+    stream.py        ServerStream: the handler's API, and the small API its connection drives it by
+    protocol.py      GrpcServerProtocol: purerpc's sans-IO connection, fixed (no I/O, no Trio)
+    inbound.py       one stream's bounded inbound queue and message meter state (no I/O)
+    late_frames.py   LateFrameSplitter: isolates late RST_STREAM/WINDOW_UPDATE frames (no I/O)
+    events.py, limits.py, framing.py, errors.py, config.py, stats.py, tls.py: values and pure helpers
 """
 
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.config import GrpcServerConfig
-from edge.grpc.connection import InboundMeter
+from edge.grpc.connection import serve_grpc_connection
 from edge.grpc.errors import (
     ConnectionLost,
     MessageTooLarge,
@@ -23,9 +35,11 @@ from edge.grpc.errors import (
     StreamReset,
     UnsupportedEncoding,
 )
-from edge.grpc.server import Handler, serve_grpc, serve_grpc_connection
+from edge.grpc.limits import InboundMeter
+from edge.grpc.listeners import serve_grpc
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream
+from edge.grpc.stream_tasks import Handler
 
 __all__ = [
     "ConnectionLost",

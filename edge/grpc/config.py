@@ -9,11 +9,11 @@ from typing import Final
 import attrs
 from attrs import validators as v
 
-from edge.grpc.connection import MAX_WINDOW, InboundMeter, ProtocolLimits
+from edge.grpc.limits import MAX_WINDOW, InboundMeter, ProtocolLimits
 from edge.grpc.framing import MAX_FRAMED_LENGTH
 
 #: Per-stream HTTP/2 receive window. Small next to a message: bytes are acknowledged as they are
-#: buffered (connection.py), so this bounds what a stalled stream holds *beyond* its queue, not the
+#: buffered (protocol.py), so this bounds what a stalled stream holds *beyond* its queue, not the
 #: message size. 256 KiB keeps about 2.5 MB/s per stream on a 100 ms round trip.
 DEFAULT_STREAM_WINDOW_BYTES: Final = 256 * 1024
 

@@ -1,664 +1,396 @@
-"""The server side of one gRPC-over-HTTP/2 connection, sans I/O.
+"""`serve_grpc_connection`: one HTTP/2 connection's Trio shell, from handshake to closed socket.
 
-`GrpcServerProtocol` subclasses purerpc's `GRPCConnection` (which wraps h2's `H2Connection`) and fixes,
-in this layer, what purerpc's server gets wrong (RISKS.md 1, 4, 5):
+Task tree (nesting order is shutdown order):
 
-* a client's RST_STREAM and GOAWAY become events (`StreamResetByPeer`, `PeerGoingAway`) instead of being
-  dropped;
-* each stream keeps its own bounded queue of complete messages. Bytes are acknowledged to the peer (HTTP/2
-  WINDOW_UPDATE) as they are buffered, so one message larger than the flow-control window still gets
-  through, and acknowledging stops while the queue is full, so a slow handler pushes back on its client
-  through HTTP/2 flow control instead of growing memory. Per stream the buffer holds at most about
-  `stream_inbound_queue * max_message_bytes + max_message_bytes + stream_window_bytes`;
-* a message's declared length is checked before its body is buffered; an oversized, undecodable or
-  over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
-  never the connection;
-* windows, concurrent streams and header-list size come from `ProtocolLimits`, not purerpc's constants
-  (64 MiB windows, 65,536 streams);
-* with `ProtocolLimits.message_meter`, every stream's messages are counted as they *arrive* (not as the
-  handler gets round to them) by a meter of the caller's; over its limit the stream fails with
-  `RateLimited` after the messages that arrived within it. Time during which the server itself held the
-  stream back (its queue full, acknowledgements withheld) is reported to the meter (`held`/`released`),
-  so a client is not blamed for the backlog a slow handler made it build;
-* late WINDOW_UPDATE/RST_STREAM frames for streams that already closed are dropped before h2 3.2 can
-  turn them into a connection error (`_LateFrameSplitter`), and request headers are decoded per request,
-  so non-UTF-8 metadata fails that call, not the connection. Client trailers and HEADERS-with-END_STREAM
-  requests (zero messages) are accepted, where purerpc would fail the connection.
+    serve_grpc_connection / ServerConnection.serve   TLS handshake, then:
+      ServerConnection._run   owns the connection's nursery; its body is the reader
+        _reader_loop            socket -> GrpcServerProtocol -> wake streams / start stream tasks
+        _writer_loop            GrpcServerProtocol -> socket, one chunk at a time under the send lock
+        StreamTasks._run        one per stream, see `stream_tasks.py`
+      ServerConnection._close GOAWAY, flush, close; shielded, under a deadline (over TCP the close
+                              first waits for the client's EOF: `sockets.LingeringSocketStream`)
 
-Known h2 3.2 limits kept as they are: a client that opens more streams than MAX_CONCURRENT_STREAMS, or
-sends a header list over MAX_HEADER_LIST_SIZE, gets a connection error (GOAWAY) rather than a stream
-error. Well-behaved clients (grpcio) never do either.
+Who owns what: the reader is the only task that reads the transport and feeds the protocol; the writer
+and `_close` are the only ones that write it, one at a time under `_send_lock`; streams queue frames in
+the protocol (synchronously) and wake the writer.
 
-Nothing here awaits: the Trio shell in `server.py` moves bytes in (`receive_data`) and out
-(`data_to_send`) and wakes tasks on the returned events. Tests drive it with a plain h2 client.
+Endings:
+* the client closes, resets or breaks the connection, or sends GOAWAY: the reader returns why; every
+  stream is terminated (ConnectionLost) and the socket is closed at once, while the handlers finish on
+  their own or are cancelled after `shutdown_grace`.
+* a write fails or stalls for `write_stall_timeout`: the writer cancels the reader; as above.
+* every stream over its message rate: the reader stops reading at once, lets the handlers send their
+  statuses (within `shutdown_grace`), then as above.
+* cancelled (server shutdown): the same cancellation reaches the handlers, each of which queues
+  UNAVAILABLE; the write in flight and `_close` get `shutdown_grace` between them, then the socket is
+  closed whatever happened.
+
+Boundaries: `except Exception` once per connection (`serve`), once per stream (`stream_tasks.py`);
+Cancelled is never caught.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
-from collections.abc import Callable
-from typing import Final, Protocol
+import math
+from collections.abc import Mapping
+from typing import Any, Final
 
-import attrs
-import h2.events
 import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from h2.settings import SettingCodes
-from purerpc.grpclib.config import GRPCConfiguration
-from purerpc.grpclib.connection import GRPCConnection
-from purerpc.grpclib.events import RequestReceived
-from purerpc.grpclib.exceptions import ProtocolError as GrpcHeaderError
-from purerpc.grpclib.headers import HeaderDict
-from purerpc.grpclib.status import Status, StatusCode
+import structlog
+import trio
 
-from edge.grpc.errors import ProtocolViolation, RateLimited, StreamError, StreamReset
-from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
-
-#: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
-H2_DEFAULT_WINDOW: Final = 65_535
-MAX_WINDOW: Final = 2**31 - 1
-
-
-class InboundMeter(Protocol):
-    """Counts one stream's inbound messages (times are the caller's clock, e.g. trio.current_time())."""
-
-    def message(self, now: float) -> bool:
-        """One message arrived; False if that is over the limit."""
-
-    def held(self, now: float) -> None:
-        """The server started holding the stream back (queue full)."""
-
-    def released(self, now: float) -> None:
-        """The server stopped holding it back."""
-
-    def exceeded_message(self) -> str:
-        """Text for the client once over the limit (no exception text: numbers and fixed words)."""
-
-
-@attrs.frozen
-class ProtocolLimits:
-    """Bounds for one connection. Built from `GrpcServerConfig`."""
-
-    max_message_bytes: int
-    max_concurrent_streams: int
-    stream_inbound_queue: int
-    stream_window_bytes: int
-    max_header_list_bytes: int
-    #: Makes each stream's inbound meter (given the time the stream started); None: no rate limit.
-    message_meter: Callable[[float], InboundMeter] | None = None
-
-    @property
-    def connection_window_bytes(self) -> int:
-        """Room for every stream to hold back a full window at once and one more to keep moving: a
-        stalled stream can never starve its neighbours of connection-level window."""
-        return min(MAX_WINDOW, (self.max_concurrent_streams + 1) * self.stream_window_bytes)
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-
-@attrs.frozen
-class Request:
-    """A validated gRPC request's headers."""
-
-    stream_id: int
-    path: str
-    metadata: tuple[tuple[str, str | bytes], ...]
-    authority: str | None
-    message_encoding: str | None
-    timeout: float | None  # seconds, from grpc-timeout
-
-
-@attrs.frozen
-class RequestStarted:
-    request: Request
-
-
-@attrs.frozen
-class RequestRejected:
-    """Headers that are not a gRPC request; already answered with `status`, no handler needed."""
-
-    stream_id: int
-    status: Status = attrs.field(eq=False)
-    reason: str
-
-
-@attrs.frozen
-class StreamReadable:
-    """A message, the end of the request stream, or a stream error is ready for `next_message`."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class StreamResetByPeer:
-    stream_id: int
-    error_code: int
-
-
-@attrs.frozen
-class SendWindowOpened:
-    """More may be sent on `stream_id` (0: on every stream)."""
-
-    stream_id: int
-
-
-@attrs.frozen
-class PeerSettingsReceived:
-    """The client's SETTINGS arrived (the first one completes its connection preface)."""
-
-
-@attrs.frozen
-class PeerGoingAway:
-    """The client sent GOAWAY. h2 cannot send anything after that, so every stream is over."""
-
-    error_code: int
-    last_stream_id: int
-
-
-Event = (
-    RequestStarted
-    | RequestRejected
-    | StreamReadable
-    | StreamResetByPeer
-    | SendWindowOpened
-    | PeerSettingsReceived
-    | PeerGoingAway
+from edge.grpc.config import GrpcServerConfig
+from edge.grpc.errors import StreamReset
+from edge.grpc.events import (
+    Event,
+    PeerGoingAway,
+    PeerSettingsReceived,
+    RequestRejected,
+    RequestStarted,
+    SendWindowOpened,
+    StreamReadable,
+    StreamResetByPeer,
 )
+from edge.grpc.protocol import GrpcServerProtocol
+from edge.grpc.sockets import find_remote_address
+from edge.grpc.stats import GrpcServerStats
+from edge.grpc.stream_tasks import Handler, StreamTasks
+
+log = structlog.get_logger(__name__)
+
+#: Bytes asked of the socket per read.
+RECEIVE_CHUNK: Final = 64 * 1024
+#: Bytes handed to the socket per write; each write has its own stall deadline.
+WRITE_CHUNK: Final = 64 * 1024
+#: Outbound bytes a connection may hold before `send_message` waits for the socket to drain.
+OUTBOUND_HIGH_WATER: Final = 256 * 1024
 
 
-class _Pending(enum.Enum):
-    NOT_READY = "not ready"
+async def serve_grpc_connection(
+    stream: trio.abc.Stream,
+    routes: Mapping[str, Handler],
+    config: GrpcServerConfig,
+    *,
+    stats: GrpcServerStats | None = None,
+    remote_address: tuple[str, int] | None = None,
+) -> None:
+    """Serve one HTTP/2 connection over any Trio stream until it ends or is cancelled; close `stream`.
 
-
-#: `next_message` result: nothing to hand out yet, wait for `StreamReadable`.
-NOT_READY: Final = _Pending.NOT_READY
-
-
-@attrs.define
-class _InboundStream:
-    parser: MessageParser
-    queue: collections.deque[bytes] = attrs.field(factory=collections.deque)
-    queued_bytes: int = 0
-    withheld: int = 0  # flow-controlled bytes received but not yet acknowledged to the peer
-    remote_ended: bool = False
-    reset_code: int | None = None
-    failure: StreamError | None = None
-    meter: InboundMeter | None = None
-    held: bool = False  # acknowledgements withheld because the queue is full (meter told)
-    arrived: int = 0  # messages that arrived within the meter's limit
-    extracted: int = 0  # messages cut out of the parser into the queue
-    #: Once over the rate: deliver the first `cutoff` messages, then fail with `over_limit`.
-    cutoff: int | None = None
-    over_limit: StreamError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return self.queued_bytes + self.parser.buffered_bytes
-
-
-# ---------------------------------------------------------------------------------- late-frame filter
-
-_CLIENT_PREFACE_BYTES: Final = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME_HEADER_BYTES: Final = 9
-_RST_STREAM: Final = 0x3
-_WINDOW_UPDATE: Final = 0x8
-_MAX_HELD_PAYLOAD: Final = 16  # both frame types have 4-byte payloads; anything bigger is h2's to reject
-
-
-class _LateFrameSplitter:
-    """Cuts the inbound byte stream so each stream-level RST_STREAM / WINDOW_UPDATE frame is its own piece.
-
-    Why: RFC 9113 5.1 says a peer may still send WINDOW_UPDATE or RST_STREAM for a stream shortly after
-    it closed, and those must be ignored. h2 3.2 (pinned by purerpc) instead raises a *connection* error
-    for them once it has forgotten the closed stream (which it does whenever a new stream is opened), so a
-    late WINDOW_UPDATE from grpcio would kill every other stream on the connection. Feeding these frames
-    to h2 one by one lets `GrpcServerProtocol` drop the ones addressed to closed streams, deciding with
-    h2's state as it is at that exact frame. Everything else passes through in as few pieces as possible.
+    A `trio.SSLStream` gets its handshake here (under `config.tls_handshake_timeout`); anything else is
+    spoken to in plaintext (h2c, prior knowledge). `config.host/port/ssl_context` are not used. Tests
+    pass one end of `trio.testing.memory_stream_pair()` and drive an h2 client on the other.
+    Never raises Exception (a bug ends this connection only, logged); Cancelled propagates after the
+    graceful close.
     """
-
-    __slots__ = ("_header", "_held", "_held_need", "_held_stream", "_passthrough", "_preface_left")
-
-    def __init__(self, *, server_side: bool = True) -> None:
-        # A server's inbound bytes start with the client's connection preface; a client's do not.
-        self._preface_left = _CLIENT_PREFACE_BYTES if server_side else 0
-        self._passthrough = 0  # payload bytes of the current ordinary frame still to pass on
-        self._header = bytearray()  # a frame header split across reads
-        self._held: bytearray | None = None  # a RST_STREAM/WINDOW_UPDATE frame being collected
-        self._held_need = 0
-        self._held_stream = 0
-
-    def split(self, data: bytes) -> list[tuple[bytes, int | None]]:
-        """Pieces in order: (bytes, None) to pass on, or (one whole frame, its stream id)."""
-        pieces: list[tuple[bytes, int | None]] = []
-        size = len(data)
-        run_start = 0
-        i = 0
-        while i < size:
-            if self._preface_left:
-                step = min(self._preface_left, size - i)
-                self._preface_left -= step
-                i += step
-                continue
-            if self._passthrough:
-                step = min(self._passthrough, size - i)
-                self._passthrough -= step
-                i += step
-                continue
-            if self._held is not None:
-                step = min(self._held_need - len(self._held), size - i)
-                self._held += data[i : i + step]
-                i += step
-                run_start = i
-                if len(self._held) == self._held_need:
-                    pieces.append((bytes(self._held), self._held_stream))
-                    self._held = None
-                continue
-            # At a frame boundary.
-            if self._header or size - i < _FRAME_HEADER_BYTES:
-                if i > run_start:
-                    pieces.append((data[run_start:i], None))
-                step = min(_FRAME_HEADER_BYTES - len(self._header), size - i)
-                self._header += data[i : i + step]
-                i += step
-                run_start = i
-                if len(self._header) < _FRAME_HEADER_BYTES:
-                    continue
-                header = bytes(self._header)
-                self._header.clear()
-                in_run = False
-            else:
-                header = data[i : i + _FRAME_HEADER_BYTES]
-                in_run = True
-            length = int.from_bytes(header[0:3], "big")
-            frame_type = header[3]
-            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFF_FFFF
-            if frame_type in (_RST_STREAM, _WINDOW_UPDATE) and stream_id and length <= _MAX_HELD_PAYLOAD:
-                if in_run:
-                    if i > run_start:
-                        pieces.append((data[run_start:i], None))
-                    i += _FRAME_HEADER_BYTES
-                    run_start = i
-                self._held = bytearray(header)
-                self._held_need = _FRAME_HEADER_BYTES + length
-                self._held_stream = stream_id
-                if length == 0:
-                    pieces.append((bytes(self._held), stream_id))
-                    self._held = None
-            else:
-                if in_run:
-                    i += _FRAME_HEADER_BYTES
-                else:
-                    pieces.append((header, None))
-                self._passthrough = length
-        if run_start < size:
-            pieces.append((data if run_start == 0 else data[run_start:], None))
-        return pieces
+    if stats is None:
+        stats = GrpcServerStats()
+    if remote_address is None:
+        remote_address = find_remote_address(stream)
+    connection = ServerConnection(stream, routes, config, stats, remote_address)
+    await connection.serve()
 
 
-# -------------------------------------------------------------------------------------------- protocol
+class ServerConnection:
+    """State of one connection's shell. Implements `stream_tasks.StreamsHost` for its streams."""
 
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        routes: Mapping[str, Handler],
+        config: GrpcServerConfig,
+        stats: GrpcServerStats,
+        remote_address: tuple[str, int] | None,
+    ) -> None:
+        self._transport = transport
+        self._routes = routes
+        self._config = config
+        self._stats = stats
+        self.remote_address = remote_address
+        self.peer_certificate_der: bytes | None = None
+        self.peer_certificate: dict[str, Any] | None = None
+        self.protocol = GrpcServerProtocol(config.protocol_limits())
+        self.max_message_bytes = config.max_message_bytes
+        self._streams: StreamTasks | None = None  # from the start of `_run`
+        self._initiated = False
+        self._writer_wakeup = trio.Event()
+        self._reader_scope = trio.CancelScope()
+        self._writer_scope = trio.CancelScope()
+        self._send_scope: trio.CancelScope | None = None
+        self._send_lock = trio.Lock()  # held by the writer from taking bytes to sending them, and by _close
+        self._close_deadline = math.inf
+        self._transport_broken = False
+        self._closed = False
+        self._failure_reason: str | None = None
+        self._drain_waiting = False
+        self._buffered_reported = 0
+        address = f"{remote_address[0]}:{remote_address[1]}" if remote_address else None
+        self._log = log.bind(remote_address=address)
 
-class GrpcServerProtocol(GRPCConnection):
-    """purerpc's sans-IO gRPC connection, made safe for long-lived streams from untrusted clients."""
+    # ---- lifecycle
 
-    def __init__(self, limits: ProtocolLimits) -> None:
-        self.limits = limits
-        self._inbound: dict[int, _InboundStream] = {}
-        self._outbound = bytearray()
-        #: Bytes held for handlers right now, over all streams (queued messages + partial ones).
-        self.inbound_buffered_bytes = 0
-        #: The most any single stream has held at once.
-        self.max_stream_buffered_bytes = 0
-        self.goaway_sent = False
-        self.peer_went_away = False
-        self._now = 0.0  # the time given to the receive_data call being processed
-        self._splitter = _LateFrameSplitter()
-        super().__init__(
-            GRPCConfiguration(
-                client_side=False,
-                max_message_length=limits.max_message_bytes,
-                message_accept_encoding=list(ACCEPTED_ENCODINGS),
-            )
-        )
-        # Headers arrive as bytes and are decoded per request (_request_received): with h2 decoding
-        # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
-        self.h2_connection.config.header_encoding = None
-
-    # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
-
-    def _set_h2_connection_local_settings(self) -> None:
-        limits = self.limits
-        self.h2_connection.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
-                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
-            },
-        )
-        # Values given as initial_values never go through the "acknowledged" path that would copy this
-        # into the HPACK decoder, so set the enforced bound directly.
-        self.h2_connection.decoder.max_header_list_size = limits.max_header_list_bytes
-
-    def initiate_connection(self) -> None:
-        self.h2_connection.initiate_connection()
-        extra = self.limits.connection_window_bytes - H2_DEFAULT_WINDOW
-        if extra > 0:
-            self.h2_connection.increment_flow_control_window(extra)
-
-    # ---- bytes in
-
-    def receive_data(self, data: bytes, now: float = 0.0) -> list[Event]:
-        """Feed bytes from the socket that arrived at `now` (for message meters). h2's ProtocolError
-        (connection-fatal) propagates; h2 has then already queued its GOAWAY."""
-        self._now = now
-        events: list[Event] = []
+    async def serve(self) -> None:
+        stats = self._stats
+        stats.connections_accepted += 1
+        stats.connections_open += 1
+        stats.notify()
+        self._log.debug("grpc_connection_opened")
         try:
-            for piece, late_frame_stream in self._splitter.split(data):
-                if late_frame_stream is not None and self._stream_is_closed(late_frame_stream):
-                    continue  # RFC 9113 5.1: ignore WINDOW_UPDATE/RST_STREAM on a closed stream
-                events.extend(super().receive_data(piece))
-        except h2.exceptions.ProtocolError:
-            self.goaway_sent = True
-            raise
-        return events
-
-    def _stream_is_closed(self, stream_id: int) -> bool:
-        """A client stream h2 has seen open and that is closed now (or was skipped, so implicitly closed)."""
-        h2c = self.h2_connection
-        if stream_id % 2 == 0 or stream_id > h2c.highest_inbound_stream_id:
-            return False
-        stream = h2c.streams.get(stream_id)
-        return stream is None or stream.closed
-
-    def _request_received(self, event: h2.events.RequestReceived) -> list[Event]:
-        stream_id = event.stream_id
-        try:
-            headers = HeaderDict((bytes(name).decode("ascii"), bytes(value).decode("utf-8")) for name, value in event.headers)
-            path = headers[":path"]
-            parsed = RequestReceived.parse_from_stream_id_and_headers_destructive(stream_id, headers)
-        except (GrpcHeaderError, KeyError, ValueError, TypeError, AttributeError) as exc:
-            # purerpc's parser reports bad input with several exception types (and undecodable bytes
-            # raise UnicodeDecodeError, a ValueError); all mean "not a gRPC request".
-            status = Status(StatusCode.INVALID_ARGUMENT, "malformed gRPC request headers")
-            self._answer_unaccepted(stream_id, status, remote_ended=event.stream_ended is not None)
-            return [RequestRejected(stream_id, status, reason=type(exc).__name__)]
-        timeout = parsed.timeout.total_seconds() if parsed.timeout is not None else None
-        request = Request(
-            stream_id=stream_id,
-            path=path,
-            metadata=tuple(parsed.custom_metadata),
-            authority=parsed.authority,
-            message_encoding=parsed.message_encoding,
-            timeout=timeout,
-        )
-        make_meter = self.limits.message_meter
-        self._inbound[stream_id] = _InboundStream(
-            parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding),
-            meter=make_meter(self._now) if make_meter is not None else None,
-        )
-        # With END_STREAM on the HEADERS, h2 also emits StreamEnded, handled by _stream_ended.
-        return [RequestStarted(request)]
-
-    def _answer_unaccepted(self, stream_id: int, status: Status, *, remote_ended: bool) -> None:
-        self.h2_connection.send_headers(stream_id, self._trailers(status, response_started=False), end_stream=True)
-        if not remote_ended:
-            self.h2_connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-
-    def _data_received(self, event: h2.events.DataReceived) -> list[Event]:
-        stream_id = event.stream_id
-        length = event.flow_controlled_length
-        st = self._inbound.get(stream_id)
-        if st is None:
-            # Frames already in flight for a stream we answered: give the bytes back to the connection.
-            if length:
-                self.h2_connection.acknowledge_received_data(length, stream_id)
-            return []
-        if st.failure is not None or st.reset_code is not None or st.cutoff is not None:
-            # Discarded. Not acknowledged, so the client stalls on this stream after one window; the
-            # connection gets the bytes back when the stream is finished.
-            st.withheld += length
-            return []
-        before = st.buffered
-        arrived = st.parser.feed(event.data)
-        if arrived and st.meter is not None:
-            self._meter(st, arrived)
-        self._extract(st)
-        if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None and st.cutoff is None:
-            if length:
-                self.h2_connection.acknowledge_received_data(length, stream_id)
-        else:
-            st.withheld += length
-            if st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
-                st.held = True
-                st.meter.held(self._now)
-        self._account(st, before)
-        if st.queue or st.failure is not None:
-            return [StreamReadable(stream_id)]
-        return []
-
-    def _stream_ended(self, event: h2.events.StreamEnded) -> list[Event]:
-        st = self._inbound.get(event.stream_id)
-        if st is None:
-            return []
-        before = st.buffered
-        st.remote_ended = True
-        self._extract(st)
-        self._account(st, before)
-        return [StreamReadable(event.stream_id)]
-
-    def _stream_reset(self, event: h2.events.StreamReset) -> list[Event]:
-        st = self._inbound.get(event.stream_id)
-        if st is None:
-            return []
-        before = st.buffered
-        st.reset_code = int(event.error_code)
-        st.queue.clear()
-        st.queued_bytes = 0
-        st.parser.discard()
-        self._account(st, before)
-        self._credit_withheld(event.stream_id, st)
-        return [StreamResetByPeer(event.stream_id, st.reset_code)]
-
-    def _connection_terminated(self, event: h2.events.ConnectionTerminated) -> list[Event]:
-        self.peer_went_away = True
-        return [PeerGoingAway(int(event.error_code), event.last_stream_id)]
-
-    def _window_updated(self, event: h2.events.WindowUpdated) -> list[Event]:
-        return [SendWindowOpened(event.stream_id)]
-
-    def _remote_settings_changed(self, event: h2.events.RemoteSettingsChanged) -> list[Event]:
-        return [PeerSettingsReceived()]
-
-    def _trailers_received(self, event: h2.events.TrailersReceived) -> list[Event]:
-        # Clients do not send trailers in gRPC; ignore them (StreamEnded follows). purerpc would parse
-        # them as a *response* and kill the connection.
-        return []
-
-    def _response_received(self, event: h2.events.ResponseReceived) -> list[Event]:
-        return []  # client-side only; h2 never emits it on a server connection
-
-    # ---- per-stream inbound state
-
-    def _meter(self, st: _InboundStream, arrived: int) -> None:
-        assert st.meter is not None
-        for _ in range(arrived):
-            if not st.meter.message(self._now):
-                st.cutoff = st.arrived
-                st.over_limit = RateLimited(st.meter.exceeded_message())
-                return
-            st.arrived += 1
-
-    @property
-    def every_stream_over_its_rate(self) -> bool:
-        """True when the connection has streams and every one was cut off by its message meter: nothing
-        more the client sends can be used, so the shell stops reading it."""
-        return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
-
-    def _extract(self, st: _InboundStream) -> None:
-        """Cut complete messages out of the raw bytes until the queue is full."""
-        while st.failure is None and len(st.queue) < self.limits.stream_inbound_queue:
-            if st.cutoff is not None and st.extracted >= st.cutoff:
-                assert st.over_limit is not None
-                self._fail(st, st.over_limit)
-                return
             try:
-                message = st.parser.next_message()
-            except StreamError as exc:
-                self._fail(st, exc)
-                return
-            if message is None:
-                if st.remote_ended and st.parser.mid_message:
-                    self._fail(st, ProtocolViolation("request stream ended inside a message"))
-                return
-            st.queue.append(message)
-            st.queued_bytes += len(message)
-            st.extracted += 1
-
-    def _fail(self, st: _InboundStream, exc: StreamError) -> None:
-        # Messages queued before the bad one are still delivered; then the error.
-        st.failure = exc
-        st.parser.discard()
-
-    def _account(self, st: _InboundStream, before: int) -> None:
-        after = st.buffered
-        self.inbound_buffered_bytes += after - before
-        if after > self.max_stream_buffered_bytes:
-            self.max_stream_buffered_bytes = after
-
-    def _credit_withheld(self, stream_id: int, st: _InboundStream) -> None:
-        if st.withheld:
-            # On a closed stream h2 credits only the connection window, which is what we want.
-            self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
-            st.withheld = 0
-
-    def next_message(self, stream_id: int, now: float | None = None) -> bytes | None | _Pending:
-        """The next message body; None once the client half-closed and everything was handed out;
-        NOT_READY if there is nothing yet. Raises StreamReset after RST_STREAM, and the stream's
-        StreamError (after the messages queued before it). `now` (the caller's clock) tells the
-        stream's meter when the server stops holding the stream back."""
-        st = self._inbound[stream_id]
-        if st.reset_code is not None:
-            raise StreamReset(st.reset_code)
-        if st.queue:
-            before = st.buffered
-            message = st.queue.popleft()
-            st.queued_bytes -= len(message)
-            self._extract(st)
-            if (
-                st.withheld
-                and st.failure is None
-                and st.cutoff is None
-                and len(st.queue) < self.limits.stream_inbound_queue
-            ):
-                self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
-                st.withheld = 0
-                if st.held and st.meter is not None:
-                    st.held = False
-                    if now is not None:
-                        st.meter.released(now)
-            self._account(st, before)
-            return message
-        if st.failure is not None:
-            raise st.failure.clone()
-        if st.remote_ended:
-            return None
-        return NOT_READY
-
-    def stream_buffered_bytes(self, stream_id: int) -> int:
-        st = self._inbound.get(stream_id)
-        return st.buffered if st is not None else 0
-
-    def stream_withheld_bytes(self, stream_id: int) -> int:
-        st = self._inbound.get(stream_id)
-        return st.withheld if st is not None else 0
-
-    @property
-    def open_streams(self) -> int:
-        return len(self._inbound)
-
-    # ---- bytes out
-
-    def send_window(self, stream_id: int) -> int:
-        """How many bytes may go in the next DATA frame (flow control and frame size).
-        Raises h2's StreamClosedError/NoSuchStreamError once the stream is closed."""
-        return self.flow_control_window(stream_id)
-
-    def finish(self, stream_id: int, status: Status | None, *, response_started: bool, abort: bool = False) -> bool:
-        """End a stream and forget it. `status` None: send nothing (the stream is already gone).
-        `abort`: RST_STREAM(CANCEL) instead of trailers (a message was cut off mid-way).
-        Returns True if something was queued for sending."""
-        st = self._inbound.pop(stream_id, None)
-        if st is None:
-            return False
-        before = st.buffered
-        st.queue.clear()
-        st.queued_bytes = 0
-        st.parser.discard()
-        self._account(st, before)
-        try:
-            if status is None or st.reset_code is not None:
-                return False
-            if abort:
-                self.h2_connection.reset_stream(stream_id, ErrorCodes.CANCEL)
-                return True
-            self.h2_connection.send_headers(
-                stream_id, self._trailers(status, response_started=response_started), end_stream=True
-            )
-            if not st.remote_ended:
-                # RFC 9113 8.1: the response is complete, so ask the client to stop sending without error.
-                self.h2_connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-            return True
-        except h2.exceptions.ProtocolError:
-            # The stream (or connection) closed underneath us, e.g. a RST_STREAM still in our read buffer.
-            return False
+                if await self._handshake():
+                    await self._run()
+            except* Exception as group:
+                # The one boundary per connection: a bug here ends this connection, no other.
+                self._log.error("grpc_connection_failed", exc_info=group)
         finally:
-            self._credit_withheld(stream_id, st)
+            try:
+                # When we are being cancelled, its last step (aclose_forcefully, not shielded) raises
+                # Cancelled; the socket is closed by then, and the bookkeeping below must still run.
+                await self._close()
+            finally:
+                self._report_buffered(final=True)
+                stats.connections_open -= 1
+                stats.notify()
+                self._log.debug("grpc_connection_closed")
 
-    @staticmethod
-    def _trailers(status: Status, *, response_started: bool) -> list[tuple[str, str]]:
-        fields: list[tuple[str, str]] = []
-        if not response_started:  # "trailers-only" response: one HEADERS frame with everything
-            fields += [
-                (":status", "200"),
-                ("content-type", "application/grpc"),
-                ("grpc-accept-encoding", ",".join(ACCEPTED_ENCODINGS)),
-            ]
-        fields.append(("grpc-status", str(status.int_value)))
-        if status.status_message:
-            fields.append(("grpc-message", percent_encode_message(status.status_message)))
-        return fields
-
-    def goaway(self) -> bool:
-        """Queue GOAWAY(NO_ERROR) once. False if one was already sent or the client went away."""
-        if self.goaway_sent or self.peer_went_away:
+    async def _handshake(self) -> bool:
+        transport = self._transport
+        if not isinstance(transport, trio.SSLStream):
+            return True
+        with trio.move_on_after(self._config.tls_handshake_timeout) as scope:
+            try:
+                await transport.do_handshake()
+            except trio.BrokenResourceError as exc:
+                self._transport_broken = True
+                self._log.info("grpc_tls_handshake_failed", error=str(exc.__cause__ or exc))
+                return False
+        if scope.cancelled_caught:
+            self._log.info("grpc_tls_handshake_timeout", timeout=self._config.tls_handshake_timeout)
             return False
-        self.goaway_sent = True
-        try:
-            self.h2_connection.close_connection(ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
+        alpn = transport.selected_alpn_protocol()
+        if alpn not in (None, "h2"):
+            self._log.info("grpc_tls_wrong_alpn", alpn=alpn)
+            return False
+        self.peer_certificate_der = transport.getpeercert(binary_form=True)
+        self.peer_certificate = transport.getpeercert() or None  # {} unless the certificate was verified
+        return True
+
+    async def _run(self) -> None:
+        self.protocol.initiate_connection()
+        self._initiated = True
+        async with trio.open_nursery() as nursery:
+            streams = self._streams = StreamTasks(
+                self,
+                nursery,
+                self._routes,
+                shutdown_grace=self._config.shutdown_grace,
+                stats=self._stats,
+                log=self._log,
+                remote_address=self.remote_address,
+                peer_certificate_der=self.peer_certificate_der,
+                peer_certificate=self.peer_certificate,
+            )
+            nursery.start_soon(self._writer_loop)
+            ending: tuple[str, bool] | None = None
+            try:
+                with self._reader_scope:
+                    ending = await self._reader_loop(streams)
+                if ending is None:  # the writer stopped the reader
+                    ending = (self._failure_reason or "transport failed", False)
+            finally:
+                if ending is None:
+                    self._begin_shutdown(streams)
+                else:
+                    self._connection_over(streams, ending[0], normal=ending[1])
+            # Over (not cancelled): close the socket now rather than after the handlers, which are
+            # finishing on their own or are cancelled after the grace period.
+            await self._close()
+
+    def _begin_shutdown(self, streams: StreamTasks) -> None:
+        """We are being cancelled (server shutdown): handlers are cancelled by the same cancellation and
+        each writes UNAVAILABLE as it ends; bound the write in flight, then `_close` sends GOAWAY."""
+        self._close_deadline = trio.current_time() + self._config.shutdown_grace
+        if self._send_scope is not None:
+            self._send_scope.deadline = min(self._send_scope.deadline, self._close_deadline)
+        self._log.info("grpc_connection_shutting_down", streams=len(streams))
+
+    def _connection_over(self, streams: StreamTasks, reason: str, *, normal: bool) -> None:
+        """The client went away (or broke the protocol): every stream learns it now."""
+        # A client hanging up is everyday life at the edge: debug. Broken protocol or stalls: info.
+        (self._log.debug if normal else self._log.info)("grpc_connection_ended", reason=reason, streams=len(streams))
+        streams.terminate_all(reason)
+        self._writer_scope.cancel()
+
+    async def _close(self) -> None:
+        """GOAWAY (unless the connection already failed), flush, close. Shielded, under a deadline.
+        Runs once; later calls return at once."""
+        if self._closed:
+            return
+        deadline = self._close_deadline
+        if deadline == math.inf:
+            deadline = trio.current_time() + self._config.shutdown_grace
+        # Only an established HTTP/2 connection gets a graceful close; a half-done TLS handshake would
+        # otherwise be resumed by SSLStream.aclose.
+        if self._initiated and not self._transport_broken:
+            if self._send_scope is not None:  # a write in flight: it must end by our deadline too
+                self._send_scope.deadline = min(self._send_scope.deadline, deadline)
+            with trio.move_on_at(deadline, shield=True):
+                async with self._send_lock:
+                    self.protocol.goaway()
+                    data = self.protocol.data_to_send()
+                    try:
+                        if data and not self._transport_broken:
+                            await self._transport.send_all(data)
+                        await self._transport.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+        # Whatever happened above, the socket is closed when this returns.
+        self._closed = True
+        await trio.aclose_forcefully(self._transport)
+
+    # ---- reading
+
+    async def _reader_loop(self, streams: StreamTasks) -> tuple[str, bool]:
+        """Read until the connection ends; return why, and whether that is an everyday ending."""
+        preface_deadline = trio.current_time() + self._config.tls_handshake_timeout
+        preface_done = False
+        while True:
+            with trio.move_on_at(math.inf if preface_done else preface_deadline) as scope:
+                try:
+                    data = await self._transport.receive_some(RECEIVE_CHUNK)
+                except trio.BrokenResourceError as exc:
+                    self._transport_broken = True
+                    return f"reset ({exc.__cause__ or exc})", True
+                except trio.ClosedResourceError:
+                    return "closed", True
+            if scope.cancelled_caught:
+                return "preface timeout", False
+            if not data:
+                return "closed by client", True
+            try:
+                events = self.protocol.receive_data(data, now=trio.current_time())
+            except h2.exceptions.ProtocolError as exc:
+                self._log.info("grpc_protocol_error", error=str(exc))
+                return "protocol error", False
+            went_away = False
+            for event in events:
+                if isinstance(event, PeerSettingsReceived):
+                    preface_done = True
+                went_away = self._dispatch(event, streams) or went_away
+            self._report_buffered()
+            self.wake_writer()
+            if went_away:
+                return "client sent GOAWAY", True
+            if self.protocol.every_stream_over_its_rate:
+                # Without reading: the handlers need no more bytes to end their streams.
+                await streams.wait_all_finished(self._config.shutdown_grace)
+                return "every stream over its message rate", False
+
+    def _dispatch(self, event: Event, streams: StreamTasks) -> bool:
+        """Act on one protocol event; True if it is the client's GOAWAY."""
+        if isinstance(event, StreamReadable):
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                stream.wake_inbound()
+        elif isinstance(event, SendWindowOpened):
+            if event.stream_id == 0:
+                streams.wake_all_senders()
+            else:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.wake_output()
+        elif isinstance(event, RequestStarted):
+            streams.start(event.request)
+        elif isinstance(event, StreamResetByPeer):
+            stream = streams.get(event.stream_id)
+            if stream is not None:
+                self._log.debug("grpc_stream_reset_by_client", stream_id=event.stream_id, code=event.error_code)
+                streams.terminate(stream, StreamReset(event.error_code))
+        elif isinstance(event, PeerSettingsReceived):
+            streams.wake_all_senders()  # INITIAL_WINDOW_SIZE may have grown
+        elif isinstance(event, RequestRejected):
+            self._log.info("grpc_request_rejected", stream_id=event.stream_id, reason=event.reason)
+            streams.count_status(event.status)
+        elif isinstance(event, PeerGoingAway):
+            self._log.debug("grpc_client_goaway", code=event.error_code)
+            return True
+        return False
+
+    # ---- writing
+
+    async def _writer_loop(self) -> None:
+        with self._writer_scope:
+            while True:
+                # Taking bytes and writing them is one step under the send lock, so `_close` (which
+                # takes the lock for the final flush) never overtakes bytes the writer already took.
+                async with self._send_lock:
+                    data = self.protocol.data_to_send(WRITE_CHUNK)
+                    event = self._writer_wakeup
+                    if data and not await self._send(data):
+                        return
+                if not data:
+                    self._wake_drain_waiters()
+                    await event.wait()
+                    self._writer_wakeup = trio.Event()
+                    continue
+                if self.protocol.pending_outbound_bytes <= OUTBOUND_HIGH_WATER:
+                    self._wake_drain_waiters()
+
+    async def _send(self, data: bytes) -> bool:
+        """Write one chunk. Shielded, because a cancelled write leaves half a frame on the wire; the
+        stall deadline (moved in to the close deadline at shutdown) bounds the shield."""
+        deadline = min(trio.current_time() + self._config.write_stall_timeout, self._close_deadline)
+        failed: str | None = None
+        with trio.CancelScope(deadline=deadline, shield=True) as scope:
+            self._send_scope = scope
+            try:
+                await self._transport.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failed = f"write failed ({exc.__cause__ or exc})"
+        self._send_scope = None
+        if scope.cancelled_caught:
+            failed = "write stalled"
+        if failed is not None:
+            self._transport_broken = True
+            self._failure_reason = failed
+            self._reader_scope.cancel()
             return False
         return True
 
-    def _pull(self) -> None:
-        data = self.h2_connection.data_to_send()
-        if data:
-            self._outbound += data
+    def _wake_drain_waiters(self) -> None:
+        if self._drain_waiting and self._streams is not None:
+            self._drain_waiting = False
+            self._streams.wake_all_senders()
 
-    @property
-    def pending_outbound_bytes(self) -> int:
-        self._pull()
-        return len(self._outbound)
+    # ---- StreamsHost
 
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        self._pull()
-        if amount is None or amount >= len(self._outbound):
-            data = bytes(self._outbound)
-            self._outbound.clear()
-            return data
-        data = bytes(self._outbound[:amount])
-        del self._outbound[:amount]
-        return data
+    def wake_writer(self) -> None:
+        self._writer_wakeup.set()
+
+    def inbound_consumed(self) -> None:
+        self._report_buffered()
+        # Taking a message off a full queue may give back withheld window (a WINDOW_UPDATE to send).
+        # Most messages give back nothing: the writer is woken only when there is something to write,
+        # not once per message (a task switch and the send lock per inbound message otherwise).
+        if self.protocol.pending_outbound_bytes:
+            self.wake_writer()
+
+    def output_blocked(self) -> bool:
+        if self.protocol.pending_outbound_bytes > OUTBOUND_HIGH_WATER:
+            self._drain_waiting = True
+            return True
+        return False
+
+    def report_buffered(self) -> None:
+        self._report_buffered()
+
+    def _report_buffered(self, *, final: bool = False) -> None:
+        stats = self._stats
+        # Once closed, the connection holds nothing any more, whatever the protocol object says.
+        now = 0 if final else self.protocol.inbound_buffered_bytes
+        if now == self._buffered_reported:
+            return
+        stats.inbound_buffered_bytes += now - self._buffered_reported
+        self._buffered_reported = now
+        if self.protocol.max_stream_buffered_bytes > stats.max_stream_buffered_bytes:
+            stats.max_stream_buffered_bytes = self.protocol.max_stream_buffered_bytes
+        stats.notify()

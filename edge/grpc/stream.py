@@ -1,4 +1,11 @@
-"""`ServerStream`: one gRPC call, as its handler sees it."""
+"""`ServerStream`: one gRPC call, as its handler sees it, and the small API its connection drives it by.
+
+No task of its own. The handler's task (`stream_tasks.py`) runs inside `handler_scope` and calls
+`receive_message`/`send_message`; those wait on events that the connection's reader and writer tasks set
+(`wake_inbound`, `wake_output`), and raise StreamReset/ConnectionLost once the connection calls
+`terminate`. A handler cancelled while sending leaves `message_cut_off` set, so the transport resets the
+stream instead of sending trailers after half a message.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import h2.exceptions
 import trio
 
-from edge.grpc.connection import NOT_READY, GrpcServerProtocol, Request
 from edge.grpc.errors import MessageTooLarge, StreamReset
+from edge.grpc.events import NOT_READY, Request
 from edge.grpc.framing import frame_message
+from edge.grpc.protocol import GrpcServerProtocol
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-class _StreamHost(Protocol):
-    """What a stream needs from its connection (implemented by server._Connection)."""
+class StreamHost(Protocol):
+    """What a stream needs from its connection (implemented by `connection.ServerConnection`)."""
 
     protocol: GrpcServerProtocol
     max_message_bytes: int
@@ -38,7 +46,7 @@ class ServerStream:
 
     def __init__(
         self,
-        host: _StreamHost,
+        host: StreamHost,
         request: Request,
         *,
         remote_address: tuple[str, int] | None,
@@ -67,7 +75,7 @@ class ServerStream:
         self._termination: StreamReset | None = None
         self._send_lock = trio.Lock()
         self._response_started = False
-        self._partial_send = False  # a message's DATA was cut off by cancellation: trailers would corrupt
+        self._message_cut_off = False  # a message's DATA was cut off by cancellation: trailers would corrupt
         self._finished = False
 
     def __repr__(self) -> str:
@@ -121,13 +129,13 @@ class ServerStream:
                         continue
                     chunk = wire[sent : sent + window]
                     protocol.send_data(self.stream_id, bytes(chunk))
-                    self._partial_send = True
+                    self._message_cut_off = True
                     sent += len(chunk)
                     self._host.wake_writer()
                     while self._host.output_blocked():
                         self._raise_if_unusable()
                         await self._wait_output()
-                self._partial_send = False
+                self._message_cut_off = False
             except h2.exceptions.ProtocolError:
                 # h2 already knows the stream closed; our reader will report why in a moment.
                 raise self._gone() from None
@@ -159,28 +167,57 @@ class ServerStream:
         """True once the client reset the stream or the connection was lost."""
         return self._termination is not None
 
-    # ---- called by the connection
+    # ---- the transport's API (the connection and the stream's task call these; handlers do not)
 
-    def _terminate(self, error: StreamReset) -> None:
+    @property
+    def handler_scope(self) -> trio.CancelScope:
+        """The scope the handler runs in: its deadline is the client's grpc-timeout, moved in by
+        `terminate`."""
+        return self._scope
+
+    @property
+    def termination(self) -> StreamReset | None:
+        """Why the stream is gone (StreamReset or ConnectionLost), or None while it is alive."""
+        return self._termination
+
+    @property
+    def response_started(self) -> bool:
+        """True once the response headers were queued (the final status then goes in trailers)."""
+        return self._response_started
+
+    @property
+    def message_cut_off(self) -> bool:
+        """True when a send was cancelled half-way through a message: the stream must be reset, since
+        trailers after half a message would be read as a corrupt one."""
+        return self._message_cut_off
+
+    def terminate(self, error: StreamReset, *, cancel_handler_at: float) -> None:
+        """The client reset the stream or the connection is gone: every wait in `receive_message`,
+        `send_message` and `wait_terminated` ends now with `error`, and the handler is cancelled at
+        `cancel_handler_at` unless it returns first. Once only; nothing after `mark_finished`."""
         if self._termination is not None or self._finished:
             return
         self._termination = error
         self._terminated_event.set()
-        self._wake_inbound()
-        self._wake_output()
+        self.wake_inbound()
+        self.wake_output()
+        self._scope.deadline = min(self._scope.deadline, cancel_handler_at)
 
-    def _wake_inbound(self) -> None:
+    def wake_inbound(self) -> None:
+        """Something arrived for `receive_message` (a message, the end, or an error)."""
         self._inbound_event.set()
         self._inbound_event = trio.Event()
 
-    def _wake_output(self) -> None:
+    def wake_output(self) -> None:
+        """Send window opened, or the connection's output drained: `send_message` may go on."""
         self._output_event.set()
         self._output_event = trio.Event()
 
-    def _mark_finished(self) -> None:
+    def mark_finished(self) -> None:
+        """The handler returned and the final status is queued: the stream cannot be used any more."""
         self._finished = True
-        self._wake_inbound()
-        self._wake_output()
+        self.wake_inbound()
+        self.wake_output()
 
     # ---- helpers
 

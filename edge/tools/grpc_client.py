@@ -28,7 +28,7 @@ import h2.exceptions
 import h2.errors
 import trio
 
-from edge.grpc.connection import _LateFrameSplitter
+from edge.grpc.late_frames import LateFrameSplitter
 
 #: gRPC status codes by number (the ones the tools report by name).
 STATUS_NAMES: Final = {
@@ -167,8 +167,8 @@ class GrpcClientConnection:
         self._closed = trio.Event()
         self._window_opened = trio.Event()
         # h2 3.2 turns a WINDOW_UPDATE/RST_STREAM for a stream it already closed into a connection
-        # error; the server's transport has the same problem and the same cure (edge.grpc.connection).
-        self._splitter = _LateFrameSplitter(server_side=False)
+        # error; the server's transport has the same problem and the same cure (edge.grpc.late_frames).
+        self._splitter = LateFrameSplitter(server_side=False)
 
     @property
     def is_open(self) -> bool:

@@ -212,9 +212,10 @@ class RawH2Client:
         return True
 
     async def run(self) -> None:
-        """Keep reading until EOF (start in a nursery)."""
+        """Keep reading until EOF, then close our side as a real client does (start in a nursery)."""
         while await self.pump():
             pass
+        await self.stream.aclose()
 
     def _notify(self) -> None:
         self._changed.set()

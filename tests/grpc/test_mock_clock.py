@@ -21,6 +21,9 @@ from edge.grpc import (
     ConnectionLost,
     GrpcServerConfig,
     GrpcServerStats,
+    MessageTooLarge,
+    ProtocolViolation,
+    RateLimited,
     ServerStream,
     Status,
     StatusCode,
@@ -304,3 +307,31 @@ async def test_a_lost_connection_is_closed_at_once_even_if_its_handler_lingers(a
         await stats.wait_until(lambda s: s.connections_open == 0)
     assert ended_at[0] - hung_up_at == pytest.approx(9, abs=0.1)
     assert stats.streams_lost == 1
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "message"),
+    [
+        (ExceptionGroup("one", [ExceptionGroup("nested", [MessageTooLarge(9, 5)])]), StatusCode.RESOURCE_EXHAUSTED,
+         "received message of 9 bytes exceeds the limit of 5 bytes"),
+        (ExceptionGroup("agree", [RateLimited("slow down"), RateLimited("slow down")]), StatusCode.RESOURCE_EXHAUSTED,
+         "slow down"),
+        (ExceptionGroup("disagree", [RateLimited("slow down"), ProtocolViolation("bad prefix")]), StatusCode.INTERNAL,
+         "internal error"),
+    ],
+    ids=["nested-single", "agreeing", "disagreeing"],
+)
+async def test_a_group_of_stream_errors_is_judged_whole(autojump_clock: Any, raised: Any, code: Any, message: str) -> None:
+    """Stream errors escaping a handler's own nursery arrive as a group: every one is looked at. They
+    end the call with their status when they all agree, and with INTERNAL when they do not."""
+
+    async def failing(stream: ServerStream) -> None:
+        raise raised
+
+    async with connection({PATH: failing}) as (client, stats, _, _):
+        stream_id = client.open_call(PATH, end=True)
+        await client.flush()
+        await stats.wait_until(lambda s: s.streams_started == 1 and s.streams_open == 0)
+        await client.wait_until(lambda: "grpc-status" in client.trailers(stream_id))
+        assert client.trailers(stream_id)["grpc-status"] == str(code.value)
+        assert client.trailers(stream_id).get("grpc-message") == message

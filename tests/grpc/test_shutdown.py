@@ -85,7 +85,8 @@ async def _run_in_thread(results: list[Any], target: str, ca_pem: bytes, started
 
 
 async def test_shutdown_sends_goaway_after_the_final_status() -> None:
-    """On the wire: the open stream gets its trailers (grpc-status 14), then GOAWAY(NO_ERROR), then EOF."""
+    """On the wire: the open stream gets its trailers (grpc-status 14), then GOAWAY(NO_ERROR), then EOF;
+    the server closes its socket once the client closed its side."""
     config = GrpcServerConfig(host="127.0.0.1", port=0, ssl_context=None)
     async with running_server(config, {PATH: _hold_open}) as server:
         client = RawH2Client(await trio.open_tcp_stream("127.0.0.1", server.port))
@@ -96,8 +97,9 @@ async def test_shutdown_sends_goaway_after_the_final_status() -> None:
         with trio.fail_after(10):
             while not client.messages(stream_id):
                 assert await client.pump()
-            await server.stop()
-            await client.run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.run)
+                await server.stop()
     kinds = [type(e) for e in client.events]
     assert h2.events.TrailersReceived in kinds and h2.events.ConnectionTerminated in kinds
     assert kinds.index(h2.events.TrailersReceived) < kinds.index(h2.events.ConnectionTerminated)
@@ -107,7 +109,6 @@ async def test_shutdown_sends_goaway_after_the_final_status() -> None:
     goaway = next(e for e in client.events if isinstance(e, h2.events.ConnectionTerminated))
     assert goaway.error_code == 0 and goaway.last_stream_id == stream_id
     assert client.closed
-    await client.stream.aclose()
 
 
 async def test_shutdown_of_an_idle_server_is_immediate() -> None:

@@ -1,4 +1,4 @@
-"""The sans-IO protocol (`GrpcServerProtocol`) against a bare h2 client, no event loop (RISKS.md 1, 4, 5).
+"""The sans-IO protocol (`GrpcServerProtocol`) against a bare h2 client, no event loop.
 
 Rules: no I/O and no Trio here; bytes are shuttled between an h2 client connection and the protocol by
 `exchange` until both sides are quiet. Each test states one property.
@@ -19,19 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.grpc.connection import (
-    NOT_READY,
-    GrpcServerProtocol,
-    ProtocolLimits,
-    RequestRejected,
-    RequestStarted,
-    StreamReadable,
-    StreamResetByPeer,
-    _LateFrameSplitter,
-)
 from edge.grpc.errors import MessageTooLarge, ProtocolViolation, StreamReset, UnsupportedEncoding
+from edge.grpc.events import NOT_READY, RequestRejected, RequestStarted, StreamReadable, StreamResetByPeer
 from edge.grpc.framing import MessageParser, percent_encode_message
-from edge.grpc.server import SHUTDOWN_STATUS
+from edge.grpc.late_frames import LateFrameSplitter
+from edge.grpc.limits import ProtocolLimits
+from edge.grpc.protocol import GrpcServerProtocol
+from edge.grpc.stream_tasks import SHUTDOWN_STATUS
 from purerpc.grpclib.status import Status, StatusCode
 
 PATH = "/svc/Method"
@@ -488,7 +482,7 @@ def test_late_frame_splitter_is_lossless(frames: list[bytes], cuts: list[int]) -
     piece is one whole RST_STREAM/WINDOW_UPDATE frame of a non-zero stream, tagged with that stream."""
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     wire = preface + b"".join(frames)
-    splitter = _LateFrameSplitter()
+    splitter = LateFrameSplitter()
     pieces: list[tuple[bytes, int | None]] = []
     position = 0
     step = 0
