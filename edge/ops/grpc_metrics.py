@@ -136,6 +136,8 @@ class _MethodChildren:
 class GrpcServerMetrics:
     """The transport's metrics. Build with `GrpcServerMetrics.create(registry)`."""
 
+    #: Where they are registered (read values with `registry.get_sample_value`).
+    registry: CollectorRegistry
     started: Counter
     handled: Counter
     msg_received: Counter
@@ -150,6 +152,7 @@ class GrpcServerMetrics:
         """Register the metrics in `registry`. Every method of `methods` (default: `served_methods()`)
         is pre-initialised with every status code, so a dashboard reads 0 rather than nothing."""
         metrics = cls(
+            registry=registry,
             started=Counter(
                 "grpc_server_started", "RPCs started on the server.", METHOD_LABELS, registry=registry
             ),

@@ -13,16 +13,24 @@ import h2.config
 import h2.connection
 import h2.events
 import trio
+from prometheus_client import CollectorRegistry
 
 from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
+from edge.ops.grpc_metrics import GrpcServerMetrics
 
 # ------------------------------------------------------------------------------------------- servers
+
+
+def server_metrics() -> GrpcServerMetrics:
+    """The transport's metrics in a registry of their own; test routes are labelled from their paths."""
+    return GrpcServerMetrics.create(CollectorRegistry(), methods={})
 
 
 @attrs.define
 class RunningServer:
     port: int
     stats: GrpcServerStats
+    metrics: GrpcServerMetrics
     scope: trio.CancelScope
     stopped: trio.Event
 
@@ -40,19 +48,20 @@ class RunningServer:
 async def running_server(config: GrpcServerConfig, routes: Mapping[str, Handler]) -> AsyncIterator[RunningServer]:
     """serve_grpc in its own cancel scope; stopped (gracefully) when the block ends."""
     stats = GrpcServerStats()
+    metrics = server_metrics()
     scope = trio.CancelScope()
     stopped = trio.Event()
 
     async def run(task_status: trio.TaskStatus[int]) -> None:
         try:
             with scope:
-                await serve_grpc(config, routes, stats=stats, task_status=task_status)
+                await serve_grpc(config, routes, metrics=metrics, stats=stats, task_status=task_status)
         finally:
             stopped.set()
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(run)
-        server = RunningServer(port=port, stats=stats, scope=scope, stopped=stopped)
+        server = RunningServer(port=port, stats=stats, metrics=metrics, scope=scope, stopped=stopped)
         try:
             yield server
         finally:

@@ -29,7 +29,7 @@ from edge.grpc import (
 )
 from edge.peers.limits import message_meter_factory
 
-from .support import RawH2Client, grpc_frame
+from .support import RawH2Client, grpc_frame, server_metrics
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 
@@ -66,7 +66,7 @@ async def connection(handler: Any, config: GrpcServerConfig) -> AsyncIterator[tu
     done = trio.Event()
 
     async def serve() -> None:
-        await serve_grpc_connection(server_end, {PATH: handler}, config, stats=stats)
+        await serve_grpc_connection(server_end, {PATH: handler}, config, metrics=server_metrics(), stats=stats)
         done.set()
 
     async with trio.open_nursery() as nursery:
