@@ -14,8 +14,9 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from edge.grpc import GrpcServerConfig, GrpcServerStats, ServerStream, serve_grpc_connection
+from testing.harness import server_metrics
 
-from .support import RawH2Client, grpc_frame, server_metrics
+from .support import RawH2Client, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

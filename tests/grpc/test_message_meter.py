@@ -28,8 +28,9 @@ from edge.grpc import (
     serve_grpc_connection,
 )
 from edge.peers.limits import message_meter_factory
+from testing.harness import server_metrics
 
-from .support import RawH2Client, grpc_frame, server_metrics
+from .support import RawH2Client, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

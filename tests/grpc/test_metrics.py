@@ -16,8 +16,9 @@ import trio.testing
 from edge.grpc import GrpcServerConfig, GrpcServerStats, ServerStream, Status, StatusCode, serve_grpc_connection
 from edge.grpc.tls import handshake_failure_cause
 from edge.ops.grpc_metrics import GrpcServerMetrics
+from testing.harness import server_metrics
 
-from .support import RawH2Client, grpc_frame, server_metrics
+from .support import RawH2Client, grpc_frame
 
 PATH = "/test.Metrics/Call"
 LABELS = {"grpc_type": "unknown", "grpc_service": "test.Metrics", "grpc_method": "Call"}

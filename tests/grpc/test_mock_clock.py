@@ -31,9 +31,10 @@ from edge.grpc import (
     StreamReset,
     serve_grpc_connection,
 )
+from testing.harness import server_metrics
 
 from .conftest import TlsFiles
-from .support import RawH2Client, grpc_frame, server_metrics
+from .support import RawH2Client, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 CONFIG = GrpcServerConfig(host="in-memory", port=0, ssl_context=None)
