@@ -17,7 +17,8 @@ labels only take values the edge chooses.
 
 Next to them, one edge metric of the same transport: TLS handshakes that failed, by cause.
 
-The transport reports through two calls: `call_started(path, now)`, which returns the call's
+The transport reports through two calls (`GrpcServerMetrics` is the `edge.grpc.ServerMetrics` the edge
+passes to `serve_grpc`): `call_started(path, now)`, which returns the call's
 `GrpcCallMetrics` (`received()`, `sent()`, `handled(code, now)`), and `handshake_failed(cause)`.
 Times are Trio times passed in by the caller, so this module needs no event loop and MockClock
 drives it.
@@ -31,8 +32,8 @@ from typing import Final
 import attrs
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from purerpc.grpclib.status import StatusCode
 
+from edge.grpc import StatusCode
 from edge.proto import ops as ops_pb
 from edge.proto import pb
 
@@ -163,7 +164,10 @@ class GrpcServerMetrics:
                 registry=registry,
             ),
             msg_received=Counter(
-                "grpc_server_msg_received", "RPC stream messages received on the server.", METHOD_LABELS, registry=registry
+                "grpc_server_msg_received",
+                "RPC stream messages received on the server.",
+                METHOD_LABELS,
+                registry=registry,
             ),
             msg_sent=Counter(
                 "grpc_server_msg_sent", "gRPC stream messages sent by the server.", METHOD_LABELS, registry=registry

@@ -35,7 +35,9 @@ def handled(metrics: GrpcServerMetrics) -> dict[str, float]:
 
 
 @asynccontextmanager
-async def served(handler: Any) -> AsyncIterator[tuple[RawH2Client, GrpcServerStats, GrpcServerMetrics, trio.CancelScope]]:
+async def served(
+    handler: Any,
+) -> AsyncIterator[tuple[RawH2Client, GrpcServerStats, GrpcServerMetrics, trio.CancelScope]]:
     server_end, client_end = trio.testing.memory_stream_pair()
     stats = GrpcServerStats()
     metrics = server_metrics()

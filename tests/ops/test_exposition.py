@@ -129,7 +129,11 @@ def test_every_routed_method_has_a_type_from_its_descriptor():
 
 def test_a_call_is_counted_in_the_grpc_ecosystem_shape():
     metrics = EdgeMetrics.create("e")
-    labels = {"grpc_type": "bidi_stream", "grpc_service": "giggityflix.edge.v1.PeerEdgeService", "grpc_method": "Connect"}
+    labels = {
+        "grpc_type": "bidi_stream",
+        "grpc_service": "giggityflix.edge.v1.PeerEdgeService",
+        "grpc_method": "Connect",
+    }
     # Pre-initialised: every method with every code reads 0 before any call.
     for code in StatusCode:
         assert sample(metrics, "grpc_server_handled_total", **labels, grpc_code=code.name) == 0
