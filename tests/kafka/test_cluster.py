@@ -61,6 +61,28 @@ async def test_cluster_replicates_and_edge_topics_get_three_replicas(kafka_clust
     assert len(await _wait_isr_full(kafka_cluster.bootstrap, [extra], 3, timeout=30)) == 2
 
 
+async def test_a_node_stopped_cleanly_leaves_a_writable_cluster_and_catches_up(
+    kafka_cluster, kafka_unique_name, capsys
+):
+    """SIGTERM one node: acks=all writes still succeed (two replicas in sync, min.insync.replicas 2);
+    started again, it rejoins every partition's in-sync replicas and nothing written meanwhile is lost."""
+    bootstrap, topic = kafka_cluster.bootstrap, kafka_unique_name("stop")
+    await create_topics(bootstrap, [topic], partitions=3, replicas=3)
+    await _wait_isr_full(bootstrap, [topic], 3, timeout=30)
+    began = time.monotonic()
+    await trio.to_thread.run_sync(kafka_cluster.stop_node, 3)
+    stop_sec = time.monotonic() - began
+    records = [(f"k{i}", {"n": i}) for i in range(300)]
+    await produce_records(bootstrap, topic, records, idempotent=True, timeout=60)
+    assert {len(p.isr) for p in await describe_partitions(bootstrap, [topic])} == {2}
+    start_sec = await trio.to_thread.run_sync(kafka_cluster.start_node, 3)
+    await _wait_isr_full(bootstrap, [topic], 3, timeout=60)
+    consumed = await consume_records(bootstrap, topic, count=len(records), timeout=60)
+    assert sorted(r.value["n"] for r in consumed) == list(range(300))
+    with capsys.disabled():
+        print(f"\n# clean stop of a node: stop_sec={stop_sec:.2f} start_sec={start_sec:.2f}")
+
+
 @attrs.define
 class Figures:
     """What a broker kill under load cost, printed for docs/scaling.md."""
