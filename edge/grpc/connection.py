@@ -41,6 +41,7 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.errors import StreamReset
+from edge.grpc.frame_guard import ConnectionAbuse
 from edge.grpc.events import (
     Event,
     PeerGoingAway,
@@ -230,9 +231,9 @@ class ServerConnection:
             deadline = trio.current_time() + self._config.shutdown_grace
         # Only an established HTTP/2 connection gets a graceful close; a half-done TLS handshake would
         # otherwise be resumed by SSLStream.aclose.
+        if self._send_scope is not None:  # a write in flight: it must end by our deadline too
+            self._send_scope.deadline = min(self._send_scope.deadline, deadline)
         if self._initiated and not self._transport_broken:
-            if self._send_scope is not None:  # a write in flight: it must end by our deadline too
-                self._send_scope.deadline = min(self._send_scope.deadline, deadline)
             with trio.move_on_at(deadline, shield=True):
                 async with self._send_lock:
                     self.protocol.goaway()
@@ -271,6 +272,12 @@ class ServerConnection:
             except h2.exceptions.ProtocolError as exc:
                 self._log.info("grpc_protocol_error", error=str(exc))
                 return "protocol error", False
+            except ConnectionAbuse as abuse:
+                self._stats.connections_refused[abuse.reason] += 1
+                self._log.info("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
+                if not abuse.flush:
+                    self._transport_broken = True  # the client does not read: close without writing
+                return f"refused ({abuse.reason})", False
             went_away = False
             for event in events:
                 if isinstance(event, PeerSettingsReceived):

@@ -16,7 +16,12 @@ compressed or oversized messages that kill the whole connection.
   over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
   never the connection;
 * windows, concurrent streams and header-list size come from `ProtocolLimits`, not purerpc's constants
-  (64 MiB windows, 65,536 streams);
+  (64 MiB windows, 65,536 streams). A stream starts with a small window (`initial_window_bytes`), opened
+  to `stream_window_bytes` at once, or, on `held_paths`, when the handler calls `open_window` (once the
+  client proved who it is); until `admit`, a held stream's bytes count against `held_budget`;
+* every frame header is judged before h2 buffers the frame (`frame_guard.FrameGuard`: frame size, PING,
+  SETTINGS, RST_STREAM, empty-frame and WINDOW_UPDATE budgets), and a client that does not read what
+  it is sent is not buffered for: both raise `ConnectionAbuse` with our GOAWAY queued;
 * with `ProtocolLimits.message_meter`, every stream's messages are counted as they *arrive* (not as the
   handler gets round to them) by a meter of the caller's; over its limit the stream fails with
   `RateLimited` after the messages that arrived within it. Time during which the server itself held the
@@ -67,7 +72,8 @@ from edge.grpc.events import (
     StreamReadable,
     StreamResetByPeer,
 )
-from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
+from edge.grpc.frame_guard import ConnectionAbuse, FrameGuard
+from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, status_trailers
 from edge.grpc.inbound import InboundStream
 from edge.grpc.late_frames import LateFrameSplitter
 from edge.grpc.limits import H2_DEFAULT_WINDOW, ProtocolLimits
@@ -98,6 +104,7 @@ class GrpcServerProtocol(GRPCConnection):
         # Headers arrive as bytes and are decoded per request (_request_received): with h2 decoding
         # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
         self.h2_connection.config.header_encoding = None
+        self.guard = FrameGuard(limits.frame_budgets, self.h2_connection.max_inbound_frame_size)
 
     # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
 
@@ -107,7 +114,7 @@ class GrpcServerProtocol(GRPCConnection):
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
+                SettingCodes.INITIAL_WINDOW_SIZE: limits.first_window_bytes,
                 SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
             },
         )
@@ -124,19 +131,36 @@ class GrpcServerProtocol(GRPCConnection):
     # ---- bytes in
 
     def receive_data(self, data: bytes, now: float = 0.0) -> list[Event]:
-        """Feed bytes from the socket that arrived at `now` (for message meters). h2's ProtocolError
-        (connection-fatal) propagates; h2 has then already queued its GOAWAY."""
+        """Feed bytes from the socket that arrived at `now` (for message meters and frame budgets).
+        h2's ProtocolError (connection-fatal) propagates; h2 has then already queued its GOAWAY. So does
+        ConnectionAbuse (`frame_guard`), with our GOAWAY queued, the bytes unseen by h2."""
         self._now = now
         events: list[Event] = []
         try:
+            self.guard.check(data, now)
             for piece, late_frame_stream in self._splitter.split(data):
                 if late_frame_stream is not None and self._stream_is_closed(late_frame_stream):
                     continue  # RFC 9113 5.1: ignore WINDOW_UPDATE/RST_STREAM on a closed stream
                 events.extend(super().receive_data(piece))
+            if self.pending_outbound_bytes > self.limits.max_pending_outbound_bytes:
+                raise ConnectionAbuse(ErrorCodes.ENHANCE_YOUR_CALM, "not_reading", flush=False)
         except h2.exceptions.ProtocolError:
             self.goaway_sent = True
             raise
+        except ConnectionAbuse as abuse:
+            self._abort(abuse)
+            raise
         return events
+
+    def _abort(self, abuse: ConnectionAbuse) -> None:
+        if not self.goaway_sent and not self.peer_went_away:
+            self.goaway_sent = True
+            if not abuse.flush:
+                self._outbound.clear()  # nobody reads it
+            try:
+                self.h2_connection.close_connection(abuse.error_code)
+            except h2.exceptions.ProtocolError:
+                pass
 
     def _stream_is_closed(self, stream_id: int) -> bool:
         """A client stream h2 has seen open and that is closed now (or was skipped, so implicitly closed)."""
@@ -148,6 +172,8 @@ class GrpcServerProtocol(GRPCConnection):
 
     def _request_received(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = event.stream_id
+        if any(not name for name, _ in event.headers):
+            self.guard.count_empty(self._now)  # CVE-2019-9516; over the budget: ConnectionAbuse
         try:
             headers = HeaderDict((bytes(name).decode("ascii"), bytes(value).decode("utf-8")) for name, value in event.headers)
             path = headers[":path"]
@@ -168,15 +194,20 @@ class GrpcServerProtocol(GRPCConnection):
             timeout=timeout,
         )
         make_meter = self.limits.message_meter
+        held = path in self.limits.held_paths
         self._inbound[stream_id] = InboundStream(
             parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding),
             meter=make_meter(self._now) if make_meter is not None else None,
+            window_open=False,
+            budget=self.limits.held_budget if held else None,
         )
+        if not held:
+            self.open_window(stream_id)
         # With END_STREAM on the HEADERS, h2 also emits StreamEnded, handled by _stream_ended.
         return [RequestStarted(request)]
 
     def _answer_unaccepted(self, stream_id: int, status: Status, *, remote_ended: bool) -> None:
-        self.h2_connection.send_headers(stream_id, self._trailers(status, response_started=False), end_stream=True)
+        self.h2_connection.send_headers(stream_id, status_trailers(status, response_started=False), end_stream=True)
         if not remote_ended:
             self.h2_connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
@@ -199,12 +230,13 @@ class GrpcServerProtocol(GRPCConnection):
         if arrived and st.meter is not None:
             st.count_arrivals(arrived, self._now)
         st.extract(self.limits.stream_inbound_queue)
-        if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None and st.cutoff is None:
+        st.charge()
+        if st.may_acknowledge(self.limits.stream_inbound_queue):
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
         else:
             st.withheld += length
-            if st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
+            if st.window_open and st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
                 st.held = True
                 st.meter.held(self._now)
         self._account(st, before)
@@ -260,6 +292,7 @@ class GrpcServerProtocol(GRPCConnection):
         return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
 
     def _account(self, st: InboundStream, before: int) -> None:
+        st.charge()
         after = st.buffered
         self.inbound_buffered_bytes += after - before
         if after > self.max_stream_buffered_bytes:
@@ -283,12 +316,7 @@ class GrpcServerProtocol(GRPCConnection):
             before = st.buffered
             message = st.pop()
             st.extract(self.limits.stream_inbound_queue)
-            if (
-                st.withheld
-                and st.failure is None
-                and st.cutoff is None
-                and len(st.queue) < self.limits.stream_inbound_queue
-            ):
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
                 if st.held and st.meter is not None:
@@ -302,6 +330,33 @@ class GrpcServerProtocol(GRPCConnection):
         if st.remote_ended:
             return None
         return NOT_READY
+
+    def open_window(self, stream_id: int) -> bool:
+        """Let a held stream use its whole window (`stream_window_bytes`) from now on: acknowledge what
+        it sent so far and grant the rest. True if a WINDOW_UPDATE was queued."""
+        st = self._inbound.get(stream_id)
+        if st is None or st.window_open:
+            return False
+        st.window_open = True
+        queued = False
+        try:
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
+                self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
+                st.withheld = 0
+                queued = True
+            extra = self.limits.stream_window_bytes - self.limits.first_window_bytes
+            if extra > 0 and not st.remote_ended:
+                self.h2_connection.increment_flow_control_window(extra, stream_id)
+                queued = True
+        except h2.exceptions.ProtocolError:
+            pass  # the stream closed underneath us
+        return queued
+
+    def admit(self, stream_id: int) -> None:
+        """A held stream's bytes stop counting against the shared budget (`ProtocolLimits.held_budget`)."""
+        st = self._inbound.get(stream_id)
+        if st is not None:
+            st.uncharge()
 
     def stream_buffered_bytes(self, stream_id: int) -> int:
         st = self._inbound.get(stream_id)
@@ -339,7 +394,7 @@ class GrpcServerProtocol(GRPCConnection):
                 self.h2_connection.reset_stream(stream_id, ErrorCodes.CANCEL)
                 return True
             self.h2_connection.send_headers(
-                stream_id, self._trailers(status, response_started=response_started), end_stream=True
+                stream_id, status_trailers(status, response_started=response_started), end_stream=True
             )
             if not st.remote_ended:
                 # RFC 9113 8.1: the response is complete, so ask the client to stop sending without error.
@@ -350,20 +405,6 @@ class GrpcServerProtocol(GRPCConnection):
             return False
         finally:
             self._credit_withheld(stream_id, st)
-
-    @staticmethod
-    def _trailers(status: Status, *, response_started: bool) -> list[tuple[str, str]]:
-        fields: list[tuple[str, str]] = []
-        if not response_started:  # "trailers-only" response: one HEADERS frame with everything
-            fields += [
-                (":status", "200"),
-                ("content-type", "application/grpc"),
-                ("grpc-accept-encoding", ",".join(ACCEPTED_ENCODINGS)),
-            ]
-        fields.append(("grpc-status", str(status.int_value)))
-        if status.status_message:
-            fields.append(("grpc-message", percent_encode_message(status.status_message)))
-        return fields
 
     def goaway(self) -> bool:
         """Queue GOAWAY(NO_ERROR) once. False if one was already sent or the client went away."""

@@ -33,6 +33,9 @@ class GrpcServerStats:
     inbound_buffered_bytes: int = 0
     #: The most any single stream has held at once.
     max_stream_buffered_bytes: int = 0
+    #: Connections closed for breaking a connection-level bound (GOAWAY sent), by reason: frame_too_large,
+    #: ping_flood, settings_flood, reset_flood, empty_frames_flood, window_update_flood, not_reading.
+    connections_refused: collections.Counter[str] = attrs.field(factory=collections.Counter)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
     def notify(self) -> None:
