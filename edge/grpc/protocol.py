@@ -105,6 +105,16 @@ class GrpcServerProtocol(GRPCConnection):
         # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
         self.h2_connection.config.header_encoding = None
         self.guard = FrameGuard(limits.frame_budgets, self.h2_connection.max_inbound_frame_size)
+        self._h2_receive = self.h2_connection.receive_data
+        self.h2_connection.receive_data = self._h2_receive_data  # type: ignore[method-assign]
+
+    def _h2_receive_data(self, data: bytes) -> list[h2.events.Event]:
+        try:
+            return self._h2_receive(data)
+        except IndexError:
+            # h2 3.2 validates header names with name[0]: a header field with an empty name (CVE-2019-9516's
+            # "0-length headers") raises IndexError out of the middle of its frame handling.
+            raise ConnectionAbuse(ErrorCodes.PROTOCOL_ERROR, "empty_header_name") from None
 
     # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
 
@@ -172,8 +182,6 @@ class GrpcServerProtocol(GRPCConnection):
 
     def _request_received(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = event.stream_id
-        if any(not name for name, _ in event.headers):
-            self.guard.count_empty(self._now)  # CVE-2019-9516; over the budget: ConnectionAbuse
         try:
             headers = HeaderDict((bytes(name).decode("ascii"), bytes(value).decode("utf-8")) for name, value in event.headers)
             path = headers[":path"]
