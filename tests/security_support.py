@@ -14,11 +14,12 @@ import attrs
 import trio
 
 from edge.config import Settings
+from edge.grpc import GrpcServerConfig
 from edge.nursery import utc_now
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, load_admission
 from edge.peers.registry import PeerRegistry
-from edge.peers.server import serve_peers
+from edge.peers.server import grpc_config, serve_peers
 from edge.records import OutboundRecord
 
 
@@ -34,6 +35,9 @@ class RunningPeers:
     registry: PeerRegistry
     admission: Admission
     received: list[Received]
+    #: The transport's config (its `held_budget` is live accounting) and the runtime (`grpc_stats`).
+    config: GrpcServerConfig
+    runtime: EdgeRuntime
     #: Records taken so far, by key (cheap to check on every record, unlike scanning `received`).
     counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     _changed: trio.Event = attrs.field(factory=trio.Event)
@@ -65,6 +69,8 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
     send, receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
     admission = load_admission(settings, now)
+    config = grpc_config(settings)
+    runtime = EdgeRuntime.create(settings.edge_id)
     received: list[Received] = []
     async with trio.open_nursery() as nursery:
         running: RunningPeers | None = None
@@ -87,13 +93,16 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
                     send,
                     registry,
                     now,
-                    runtime=EdgeRuntime.create(settings.edge_id),
+                    runtime=runtime,
+                    config=config,
                     admission=admission,
                     task_status=task_status,
                 )
 
         port = await nursery.start(serve)
-        running = RunningPeers(port=port, registry=registry, admission=admission, received=received)
+        running = RunningPeers(
+            port=port, registry=registry, admission=admission, received=received, config=config, runtime=runtime
+        )
         try:
             yield running
         finally:

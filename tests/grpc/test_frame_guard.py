@@ -26,18 +26,10 @@ from edge.grpc.frame_guard import (
 )
 from edge.grpc.limits import HeldBytesBudget
 
+from .support import ping_frame, raw_frame
 from .test_protocol_sansio import PATH, Pair, frame, limits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def raw_frame(frame_type: int, payload: bytes = b"", *, flags: int = 0, stream_id: int = 0, length: int | None = None) -> bytes:
-    declared = len(payload) if length is None else length
-    return declared.to_bytes(3, "big") + bytes([frame_type, flags]) + stream_id.to_bytes(4, "big") + payload
-
-
-def ping(n: int = 0) -> bytes:
-    return raw_frame(0x6, n.to_bytes(8, "big"))
 
 
 # ------------------------------------------------------------------------------------------- scanner
@@ -46,7 +38,7 @@ def ping(n: int = 0) -> bytes:
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=60))
 def test_the_scanner_finds_every_header_however_the_bytes_are_cut(cuts: list[int]) -> None:
     """The preface, then frames of several sizes, fed in arbitrary pieces: the same headers, in order."""
-    frames = [raw_frame(0x4), ping(1), raw_frame(0x0, b"x" * 30, stream_id=1), raw_frame(0x8, b"\0\0\0\1", stream_id=1)]
+    frames = [raw_frame(0x4), ping_frame(1), raw_frame(0x0, b"x" * 30, stream_id=1), raw_frame(0x8, b"\0\0\0\1", stream_id=1)]
     wire = PREFACE + b"".join(frames) * 3
     scanner = FrameScanner()
     seen: list[FrameHeader] = []
@@ -81,7 +73,7 @@ def test_a_frame_over_the_max_size_is_refused_at_its_header() -> None:
 @pytest.mark.parametrize(
     ("wire", "reason"),
     [
-        (ping(), "ping_flood"),
+        (ping_frame(), "ping_flood"),
         (raw_frame(0x4), "settings_flood"),
         (raw_frame(0x3, b"\0\0\0\x08", stream_id=1), "reset_flood"),
         (raw_frame(0x8, b"\0\0\0\1", stream_id=0), "window_update_flood"),
@@ -102,11 +94,11 @@ def test_each_budget_allows_its_burst_then_says_enhance_your_calm(wire: bytes, r
 def test_a_budget_refills_at_its_rate() -> None:
     """Burst 5 at 10/s: 5 at once, then one every 0.11 s for ever; but never five more at once."""
     guard = FrameGuard(FrameBudgets(ping=Budget(rate=10.0, burst=5.0)), max_frame_size=16_384)
-    guard.check(PREFACE + ping() * 5, now=0.0)
+    guard.check(PREFACE + ping_frame() * 5, now=0.0)
     for step in range(1, 101):
-        guard.check(ping(), now=step * 0.11)
+        guard.check(ping_frame(), now=step * 0.11)
     with pytest.raises(ConnectionAbuse):
-        guard.check(ping() * 5, now=11.0)
+        guard.check(ping_frame() * 5, now=11.0)
 
 
 def test_frames_that_end_something_are_not_empty() -> None:
@@ -135,10 +127,10 @@ def test_the_protocol_answers_an_oversized_header_with_goaway_frame_size_error()
 
 def test_a_ping_flood_gets_goaway_enhance_your_calm() -> None:
     pair = Pair(limits(frame_budgets=FrameBudgets(ping=Budget(rate=1.0, burst=100.0))))
-    pair.server.receive_data(ping() * 100)
+    pair.server.receive_data(ping_frame() * 100)
     pair.server.data_to_send()
     with pytest.raises(ConnectionAbuse):
-        pair.server.receive_data(ping())
+        pair.server.receive_data(ping_frame())
     assert goaway_code(pair) == ErrorCodes.ENHANCE_YOUR_CALM
 
 
@@ -149,7 +141,7 @@ def test_a_client_that_does_not_read_is_closed_not_buffered_for() -> None:
     pair = Pair(limits(frame_budgets=FrameBudgets(ping=unlimited), max_pending_outbound_bytes=64 * 1024))
     with pytest.raises(ConnectionAbuse) as caught:
         for n in range(10_000):
-            pair.server.receive_data(ping(n))
+            pair.server.receive_data(ping_frame(n))
     assert (caught.value.reason, caught.value.flush) == ("not_reading", False)
     assert n * 17 < 70 * 1024  # refused at the bound, not after every PING
     assert pair.server.pending_outbound_bytes < 1024  # the replies were dropped, GOAWAY queued
