@@ -65,8 +65,7 @@ RECEIVE_CHUNK: Final = 64 * 1024
 WRITE_CHUNK: Final = 64 * 1024
 #: Outbound bytes a connection may hold before `send_message` waits for the socket to drain.
 OUTBOUND_HIGH_WATER: Final = 256 * 1024
-#: Seconds a connection refused for abuse (`ConnectionAbuse`) gets to take its GOAWAY before the socket
-#: is closed: enough for a client that reads, and all the reading-and-discarding an attacker is given.
+#: Seconds a connection refused for abuse (`ConnectionAbuse`) gets to take its GOAWAY before it is closed.
 ABUSE_CLOSE_TIMEOUT: Final = 1.0
 
 
@@ -279,8 +278,7 @@ class ServerConnection:
                 self._stats.connections_refused[abuse.reason] += 1
                 self._log.info("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
                 self._close_deadline = trio.current_time() + ABUSE_CLOSE_TIMEOUT
-                if not abuse.flush:
-                    self._transport_broken = True  # the client does not read: close without writing
+                self._transport_broken = not abuse.flush  # a client that does not read: close, write nothing
                 return f"refused ({abuse.reason})", False
             went_away = False
             for event in events:

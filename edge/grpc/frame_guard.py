@@ -26,7 +26,8 @@ header validation; `GrpcServerProtocol` turns that into GOAWAY PROTOCOL_ERROR on
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import attrs
 from h2.errors import ErrorCodes
@@ -188,3 +189,17 @@ class FrameGuard:
                 raise ConnectionAbuse(ErrorCodes.ENHANCE_YOUR_CALM, f"{counted[0]}_flood")
             if header.empty and not self._empty.add(now):
                 raise ConnectionAbuse(ErrorCodes.ENHANCE_YOUR_CALM, "empty_frames_flood")
+
+
+def refuse_empty_header_names(receive: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Wrap an h2 3.2 `H2Connection.receive_data`: its header validation indexes `name[0]`, so a header
+    field with an empty name (CVE-2019-9516's "0-length headers", malformed by RFC 9113 8.2.1) raises
+    IndexError from the middle of its frame handling. That becomes ConnectionAbuse(PROTOCOL_ERROR)."""
+
+    def receive_data(data: bytes) -> Any:
+        try:
+            return receive(data)
+        except IndexError:
+            raise ConnectionAbuse(ErrorCodes.PROTOCOL_ERROR, "empty_header_name") from None
+
+    return receive_data

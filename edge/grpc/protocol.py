@@ -16,12 +16,10 @@ compressed or oversized messages that kill the whole connection.
   over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
   never the connection;
 * windows, concurrent streams and header-list size come from `ProtocolLimits`, not purerpc's constants
-  (64 MiB windows, 65,536 streams). A stream starts with a small window (`initial_window_bytes`), opened
-  to `stream_window_bytes` at once, or, on `held_paths`, when the handler calls `open_window` (once the
-  client proved who it is); until `admit`, a held stream's bytes count against `held_budget`;
-* every frame header is judged before h2 buffers the frame (`frame_guard.FrameGuard`: frame size, PING,
-  SETTINGS, RST_STREAM, empty-frame and WINDOW_UPDATE budgets), and a client that does not read what
-  it is sent is not buffered for: both raise `ConnectionAbuse` with our GOAWAY queued;
+  (64 MiB windows, 65,536 streams). A stream's small initial window grows to `stream_window_bytes` when
+  it starts or, on `held_paths`, at `open_window`; until `admit` its bytes count against `held_budget`;
+* frame headers are judged before h2 buffers the frame (`frame_guard`), and a client that does not read
+  is not buffered for: `ConnectionAbuse`, with our GOAWAY queued;
 * with `ProtocolLimits.message_meter`, every stream's messages are counted as they *arrive* (not as the
   handler gets round to them) by a meter of the caller's; over its limit the stream fails with
   `RateLimited` after the messages that arrived within it. Time during which the server itself held the
@@ -45,6 +43,8 @@ Nothing here awaits: the Trio shell (`connection.py`) moves bytes in (`receive_d
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import h2.events
 import h2.exceptions
@@ -72,7 +72,7 @@ from edge.grpc.events import (
     StreamReadable,
     StreamResetByPeer,
 )
-from edge.grpc.frame_guard import ConnectionAbuse, FrameGuard
+from edge.grpc.frame_guard import ConnectionAbuse, FrameGuard, refuse_empty_header_names
 from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, status_trailers
 from edge.grpc.inbound import InboundStream
 from edge.grpc.late_frames import LateFrameSplitter
@@ -105,16 +105,7 @@ class GrpcServerProtocol(GRPCConnection):
         # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
         self.h2_connection.config.header_encoding = None
         self.guard = FrameGuard(limits.frame_budgets, self.h2_connection.max_inbound_frame_size)
-        self._h2_receive = self.h2_connection.receive_data
-        self.h2_connection.receive_data = self._h2_receive_data  # type: ignore[method-assign]
-
-    def _h2_receive_data(self, data: bytes) -> list[h2.events.Event]:
-        try:
-            return self._h2_receive(data)
-        except IndexError:
-            # h2 3.2 validates header names with name[0]: a header field with an empty name (CVE-2019-9516's
-            # "0-length headers") raises IndexError out of the middle of its frame handling.
-            raise ConnectionAbuse(ErrorCodes.PROTOCOL_ERROR, "empty_header_name") from None
+        self.h2_connection.receive_data = refuse_empty_header_names(self.h2_connection.receive_data)  # type: ignore[method-assign]
 
     # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
 
@@ -163,14 +154,12 @@ class GrpcServerProtocol(GRPCConnection):
         return events
 
     def _abort(self, abuse: ConnectionAbuse) -> None:
+        if not abuse.flush:
+            self._outbound.clear()  # nobody reads it
         if not self.goaway_sent and not self.peer_went_away:
             self.goaway_sent = True
-            if not abuse.flush:
-                self._outbound.clear()  # nobody reads it
-            try:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2_connection.close_connection(abuse.error_code)
-            except h2.exceptions.ProtocolError:
-                pass
 
     def _stream_is_closed(self, stream_id: int) -> bool:
         """A client stream h2 has seen open and that is closed now (or was skipped, so implicitly closed)."""
@@ -346,19 +335,14 @@ class GrpcServerProtocol(GRPCConnection):
         if st is None or st.window_open:
             return False
         st.window_open = True
-        queued = False
-        try:
+        extra = self.limits.stream_window_bytes - self.limits.first_window_bytes
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream closed underneath us
             if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
-                queued = True
-            extra = self.limits.stream_window_bytes - self.limits.first_window_bytes
             if extra > 0 and not st.remote_ended:
                 self.h2_connection.increment_flow_control_window(extra, stream_id)
-                queued = True
-        except h2.exceptions.ProtocolError:
-            pass  # the stream closed underneath us
-        return queued
+        return self.pending_outbound_bytes > 0
 
     def admit(self, stream_id: int) -> None:
         """A held stream's bytes stop counting against the shared budget (`ProtocolLimits.held_budget`)."""
