@@ -18,7 +18,7 @@ import trio
 from aiokafka.errors import KafkaError
 
 from edge import embedded_kafka as ek
-from tests.kafka.client import NotEnoughRecords, consume_records, create_topics, produce_records
+from testing.kafka.client import NotEnoughRecords, consume_records, create_topics, produce_records
 
 # --- wire protocol of the readiness probe, no loop -------------------------------------------
 

@@ -396,6 +396,7 @@ class ServerConnection:
         stats = self._stats
         # Once closed, the connection holds nothing any more, whatever the protocol object says.
         now = 0 if final else self.protocol.inbound_buffered_bytes
+        stats.report_held(self._config.held_budget)
         if now == self._buffered_reported:
             return
         stats.inbound_buffered_bytes += now - self._buffered_reported

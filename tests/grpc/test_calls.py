@@ -27,9 +27,11 @@ from edge.grpc import (
     StatusCode,
     StreamReset,
 )
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, running_server
+from .support import RawH2Client, bytes_stream_method, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 MiB = 1024 * 1024

@@ -20,9 +20,11 @@ import grpc
 import trio
 
 from edge.grpc import ConnectionLost, GrpcServerConfig, ServerStream, Status, StreamReset
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, running_server, wait_for
+from .support import RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, wait_for
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

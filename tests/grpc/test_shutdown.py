@@ -16,9 +16,11 @@ import pytest
 import trio
 
 from edge.grpc import GrpcServerConfig, ServerStream, Status, serve_grpc
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, running_server
+from .support import RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

@@ -10,9 +10,9 @@ or killed hard, so tests can take Kafka away from a running edge and bring it ba
 
 Command line (from the repository root):
 
-    python -m tests.kafka.broker fetch            # download the jars if not cached; print the dir
-    python -m tests.kafka.broker run [--port N]   # run a broker in the foreground until Ctrl-C
-    python -m tests.kafka.broker run --tansu      # the same with the embedded Tansu broker
+    python -m testing.kafka.broker fetch            # download the jars if not cached; print the dir
+    python -m testing.kafka.broker run [--port N]   # run a broker in the foreground until Ctrl-C
+    python -m testing.kafka.broker run --tansu      # the same with the embedded Tansu broker
 
 Environment: EDGE_KAFKA_VERSION picks another Kafka release (default KAFKA_VERSION); EDGE_KAFKA_CACHE
 is the directory the jars go to (default ~/.cache/giggityflix-edge/kafka-<version>).
@@ -640,7 +640,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.kafka.broker", description=__doc__.split("\n\n")[0]
+        prog="python -m testing.kafka.broker", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="download the Kafka jars into the cache (if missing)")

@@ -23,7 +23,7 @@ from h2.errors import ErrorCodes
 from edge.config import settings_for_tests
 from edge.peers.tokens import mint_token
 from edge.proto import CONNECT_PATH
-from tests.abuse_support import (
+from tests.peers.abuse_support import (
     Attack,
     GoodPeers,
     RawH2Client,
@@ -35,7 +35,7 @@ from tests.abuse_support import (
     repeat_attack,
 )
 from tests.grpc.support import ping_frame, raw_frame
-from tests.security_support import running_peers
+from testing.harness import MemoryBridge, running_edge
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -87,8 +87,8 @@ async def run_vector(
 ) -> tuple[list[Attack], GoodPeers, object]:
     """Attack connection after connection with `make_rounds` while three good peers register; each
     attacking connection must end with GOAWAY `code` (when it reads) and the edge count it as `reason`."""
-    async with running_peers(edge_settings(tls_files, secret, **settings)) as edge:
-        stats = edge.runtime.grpc_stats
+    async with running_edge(edge_settings(tls_files, secret, **settings), bridge=MemoryBridge()) as edge:
+        stats = edge.stats
         attacks: list[Attack] = []
         good = GoodPeers(edge.port, tls_files.ca_pem, secret.metadata_for)
 
@@ -204,8 +204,8 @@ async def test_unauthenticated_streams_never_hold_more_than_their_initial_window
     edge holds at most the 64 KiB initial window per stream (its budget's peak), and a good peer with a
     100,000-id catalog (a registration of about 3.7 MB) registers meanwhile."""
     settings = edge_settings(tls_files, secret)
-    async with running_peers(settings) as edge:
-        budget = edge.config.held_budget
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
+        stats = edge.stats
         good = GoodPeers(edge.port, tls_files.ca_pem, secret.metadata_for)
         refused: list[int] = []
 
@@ -234,12 +234,13 @@ async def test_unauthenticated_streams_never_hold_more_than_their_initial_window
             stop.set()
         assert good.failures == []
         assert refused and set(refused) == {STREAMS_PER_CONNECTION}
-        assert budget.peak <= max(4 * 1024 * 1024 + 65_535, STREAMS_PER_CONNECTION * 65_535) + 4 * 1024 * 1024
-        connected = edge.records(event_type="connected")
+        # The good peer's 100,000-id registration (3.8 MB) and at most an initial window per attacking stream.
+        assert stats.held_bytes_peak <= 4 * 1024 * 1024 + STREAMS_PER_CONNECTION * 65_535
+        connected = edge.bridge.records(event_type="connected")
         assert any(r.key == "good-large" for r in connected)
     print(
         f"\nunauthenticated partial 4 MiB messages: {len(refused)} connections x {STREAMS_PER_CONNECTION} streams "
-        f"refused UNAUTHENTICATED; held-bytes peak {budget.peak} B (budget {budget.limit}); "
+        f"refused UNAUTHENTICATED; held-bytes peak {stats.held_bytes_peak} B (budget {settings.peer_unregistered_buffer_bytes}); "
         f"100,000-id registration took {took * 1000:.0f} ms"
     )
 
@@ -266,8 +267,8 @@ async def test_without_authentication_the_unregistered_budget_bounds_what_stream
     edge over its budget, is refused RESOURCE_EXHAUSTED; the edge never holds more than the budget; a
     good peer registers meanwhile."""
     settings = edge_settings(tls_files, secret, peer_auth_mode="none", peer_unregistered_buffer_bytes=6 * 1024 * 1024)
-    async with running_peers(settings) as edge:
-        budget = edge.config.held_budget
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
+        stats = edge.stats
         client = await open_attacker(edge.port, tls_files.ca_pem)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run)
@@ -285,17 +286,19 @@ async def test_without_authentication_the_unregistered_budget_bounds_what_stream
             took = await good.register_one("good-none")
             nursery.cancel_scope.cancel()
         assert client.trailers(streams[2])["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
-        assert budget.refused == 1 and budget.peak <= budget.limit
+        assert stats.held_refused == 1 and stats.held_bytes_peak <= settings.peer_unregistered_buffer_bytes
         assert good.failures == []
-    print(f"\nPEER_AUTH_MODE=none, 6 MiB budget: peak {budget.peak} B held; good peer registered in {took * 1000:.0f} ms")
+    print(f"\nPEER_AUTH_MODE=none, 6 MiB budget: peak {stats.held_bytes_peak} B held; good peer registered in {took * 1000:.0f} ms")
 
 
 async def test_a_large_registration_from_an_authenticated_peer_still_works(tls_files, secret):
     """A 100,000-id catalog with the default budget: admitted, and the held-bytes budget is back to 0."""
-    async with running_peers(edge_settings(tls_files, secret)) as edge:
+    async with running_edge(edge_settings(tls_files, secret), bridge=MemoryBridge()) as edge:
         good = GoodPeers(edge.port, tls_files.ca_pem, secret.metadata_for)
         catalog = tuple(f"{i:08d}-0000-4000-8000-000000000000" for i in range(100_000))
         took = await good.register_one("big", catalog=catalog)
         assert good.failures == []
-        assert edge.config.held_budget.held == 0 and edge.config.held_budget.peak >= 3_000_000
+        with trio.fail_after(10):
+            await edge.stats.wait_until(lambda s: s.held_bytes == 0)
+        assert edge.stats.held_bytes_peak >= 3_000_000
     print(f"\n100,000-id registration: {took * 1000:.0f} ms")

@@ -14,7 +14,7 @@ import trio
 
 from edge.proto import CONNECT_PATH
 from tests.grpc.support import RawH2Client, raw_frame
-from tests.grpcio_peer import GrpcioPeer
+from testing.grpcio_peer import GrpcioPeer
 
 
 def client_tls(ca_pem: bytes) -> ssl.SSLContext:
