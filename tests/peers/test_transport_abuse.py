@@ -27,7 +27,6 @@ from tests.peers.abuse_support import (
     Attack,
     GoodPeers,
     RawH2Client,
-    attack_and_watch,
     connect_headers_frame,
     open_attacker,
     partial_message_round,
