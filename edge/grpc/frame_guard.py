@@ -55,7 +55,7 @@ class FrameHeader:
     stream_id: int
 
     @classmethod
-    def parse(cls, header: bytes) -> FrameHeader:
+    def parse(cls, header: bytes | bytearray) -> FrameHeader:
         return cls(
             length=int.from_bytes(header[0:3], "big"),
             type=header[3],
@@ -85,7 +85,7 @@ class FrameScanner:
         self._payload_left = 0
         self._header = bytearray()  # a header split across reads
 
-    def feed(self, data: bytes) -> list[FrameHeader]:
+    def feed(self, data: bytes | bytearray) -> list[FrameHeader]:
         """Every frame header completed by `data`, in order."""
         found: list[FrameHeader] = []
         view = memoryview(data)
@@ -177,7 +177,7 @@ class FrameGuard:
         #: Frame headers seen so far (for tests and stats).
         self.frames = 0
 
-    def check(self, data: bytes, now: float) -> None:
+    def check(self, data: bytes | bytearray, now: float) -> None:
         """Look at the frame headers `data` completes; raise ConnectionAbuse at the first one over a
         bound. Call before handing `data` to h2."""
         for header in self._scanner.feed(data):

@@ -7,7 +7,8 @@ Which broker `kafka_bootstrap` gives, in order:
 
 Tests that stop, kill or restart the broker take `kafka_broker`; it is skipped against an external
 broker, and the broker is running again after each test that uses it. Tests talking to a broker run
-on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
+on the real clock (docs/design.md#mock-clock-real-io); give them fresh topic names from
+`kafka_topic_prefix`/`kafka_unique_name`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Requirement 1 (RISKS.md 1): a client that cancels, resets, drops or dies is noticed at once.
+"""docs/design.md#purerpc-reset-ignored: a client that cancels, resets, drops or dies is noticed at once.
 
 Rules for these tests: real sockets, real TLS (trustme), real grpcio clients (grpc.aio on its own
 asyncio loop in a worker thread, or a client subprocess); no real-time sleeps, only waits for a

@@ -1,4 +1,4 @@
-"""Requirement 3 (RISKS.md 3): graceful shutdown, and one listener per port.
+"""docs/design.md#purerpc-no-graceful-shutdown: graceful shutdown, and one listener per port.
 
 Rules: real sockets and TLS, real grpcio clients in worker threads; no real-time sleeps.
 """

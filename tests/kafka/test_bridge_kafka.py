@@ -1,8 +1,8 @@
 """Commands in, against a real Kafka broker, with real grpcio peers over TLS.
 
-Rules: these tests run on the real clock (RISKS 13) and wait only for conditions under deadlines.
-Each test has its own edge id, so its own topics and consumer group. Commands are produced with the
-test harness's own aiokafka producer, dead letters read back with its consumer.
+Rules: these tests run on the real clock (docs/design.md#mock-clock-real-io) and wait only for conditions
+under deadlines. Each test has its own edge id, so its own topics and consumer group. Commands are produced
+with the test harness's own aiokafka producer, dead letters read back with its consumer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.kafka
 async def test_each_command_type_reaches_a_connected_peer(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
-    """The five command types of SPEC section 3 arrive as the EdgeMessages of section 2."""
+    """The five command types of docs/protocol.md#commands arrive as the EdgeMessages of
+    docs/protocol.md#messages."""
     settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     commands = [
         ("file_delete", {"catalog_uuids": ["c1", "c2"]}),
@@ -96,8 +97,9 @@ async def test_each_dead_letter_reason_with_the_spec_fields(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
     """invalid_json, invalid_command, unknown_command_type, expired (on arrival and while held),
-    peer_not_connected and delivery_failed (past RETRY_MAX_HELD_COMMANDS), each with the SPEC's fields
-    and the source topic/partition/offset; the commit then passes all of them."""
+    peer_not_connected and delivery_failed (past RETRY_MAX_HELD_COMMANDS), each with the fields of
+    docs/protocol.md#dead-letters and the source topic/partition/offset; the commit then passes all of
+    them."""
     settings = edge_settings(
         kafka_topic_prefix,
         kafka_bootstrap,

@@ -1,7 +1,7 @@
 """Kafka going away and coming back, against the real broker (`kafka_broker` stops and starts it).
 
-Rules: real clock (RISKS 13), waits only for conditions under deadlines; the broker is running again
-after each test (the fixture restarts it if a test fails half-way).
+Rules: real clock (docs/design.md#mock-clock-real-io), waits only for conditions under deadlines; the broker
+is running again after each test (the fixture restarts it if a test fails half-way).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ async def test_missing_topics_without_creation_stop_the_edge_with_exit_code_2(
             assert await process.wait_exit(60) == 2
         finally:
             process.kill()
-    await trio.sleep(0)  # let the log reader take the last lines
+    await trio.lowlevel.checkpoint()  # let the log reader take the last lines
     [line] = [e["line"] for e in process.events if e.get("event") == "unparsed" and e["line"]]
     assert line.startswith("edge: configuration error: KAFKA_CREATE_TOPICS: expected true, or these topics")
     assert f"edge-commands-{kafka_topic_prefix}" in line and f"edge-commands-{kafka_topic_prefix}.deadletter" in line

@@ -1,6 +1,6 @@
 """Drain timing of the in-process `serve`, under MockClock (no wall-clock time): the edge's own
 simulated peers (edge.tools.peer_sim, in the same Trio loop, over loopback TCP) and an in-memory
-Kafka bridge (RISKS 13 keeps Kafka out of MockClock tests)."""
+Kafka bridge (docs/design.md#mock-clock-real-io keeps Kafka out of MockClock tests)."""
 
 from __future__ import annotations
 

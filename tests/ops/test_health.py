@@ -57,7 +57,7 @@ async def test_health_follows_kafka(kafka_bootstrap, kafka_supports_idempotence,
             # Kafka is down: not serving, for the whole server and for the peer service.
             for service in ("", SERVICE):
                 response = await trio.to_thread.run_sync(
-                    lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                    lambda service=service: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
                 )
                 assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
             status, _, body = await http_get(runtime.http_port, "/readyz")

@@ -16,7 +16,6 @@ import attrs
 import grpc
 import pytest
 import structlog
-import trio
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -1,4 +1,5 @@
-"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (SPEC 2, 3, 5).
+"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (docs/protocol.md#registration,
+#endings, #kafka-contract, #bad-input).
 
 Rules: `edge.serve` on a real TLS port (testing/harness.py), real grpcio clients (testing/grpcio_peer.py,
 or a killed client process), records read back from the real broker. Real clock; waits are for
@@ -139,8 +140,8 @@ async def test_every_peer_message_kind_reaches_its_topic_with_the_specs_fields(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any
 ) -> None:
     """One grpcio peer over TLS sends one of each PeerMessage kind; each record is read back from
-    Kafka, keyed by the peer id, with every field of SPEC 3 (and nothing for heartbeats and unknown
-    payloads)."""
+    Kafka, keyed by the peer id, with every field of docs/protocol.md#kafka-contract (and nothing for
+    heartbeats and unknown payloads)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, screenshot_max_bytes=1024
     )
@@ -214,7 +215,8 @@ async def test_every_disconnect_reason_reaches_the_lifecycle_topic(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any, monkeypatch: Any
 ) -> None:
     """Ten sessions, one edge, each ended a different way; the lifecycle topic has each one's
-    `connected` and `disconnected` with the reason, and each grpcio peer got the SPEC's status."""
+    `connected` and `disconnected` with the reason, and each grpcio peer got its status
+    (docs/protocol.md#endings)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence,
         heartbeat_interval_sec=1, peer_timeout_sec=2, grpc_max_message_bytes=64 * 1024,
@@ -557,7 +559,7 @@ async def _drop_200(settings: Any, ca_path: Path) -> tuple[dict[str, float], tup
             for wave in range(1, 10):
                 dropped_at.update(await cancelling.cancel(20))
                 with trio.fail_after(10):
-                    await edge.stats.wait_until(lambda s: s.streams_open == 200 - 20 * wave)
+                    await edge.stats.wait_until(lambda s, wave=wave: s.streams_open == 200 - 20 * wave)
             killed_at = time.time()
             killed.process.kill()
             dropped_at.update((f"killed-{n:03d}", killed_at) for n in range(20))

@@ -216,7 +216,7 @@ async def test_unauthenticated_streams_never_hold_more_than_their_initial_window
                     nursery.start_soon(client.run)
                     await client.send_bytes(wire)
                     with trio.fail_after(20):
-                        await client.wait_until(lambda: len(client.ended) >= STREAMS_PER_CONNECTION)
+                        await client.wait_until(lambda c=client: len(c.ended) >= STREAMS_PER_CONNECTION)
                     refused.append(sum(client.trailers(s).get("grpc-status") == "16" for s in client.ended))
                     nursery.cancel_scope.cancel()
                 await trio.aclose_forcefully(client.stream)
