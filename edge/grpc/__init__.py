@@ -18,6 +18,7 @@ Rooms, outermost first (each module's docstring draws its tasks and what cancell
     stream.py        ServerStream: the handler's API, and the small API its connection drives it by
     protocol.py      GrpcServerProtocol: purerpc's sans-IO connection, fixed (no I/O, no Trio)
     inbound.py       one stream's bounded inbound queue and message meter state (no I/O)
+    outbound.py      OutboundQueue: a connection's queued output, and its replies to a client that does not read (no I/O)
     late_frames.py   LateFrameSplitter: isolates late RST_STREAM/WINDOW_UPDATE frames (no I/O)
     frame_guard.py   FrameGuard: frame size and per-connection frame budgets, judged at each frame
                      header before h2 buffers the frame (no I/O)

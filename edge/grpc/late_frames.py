@@ -6,7 +6,7 @@ Pure bytes in, pieces out; used by the server's `GrpcServerProtocol` and by the 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from edge.grpc.frame_guard import CLIENT_PREFACE_BYTES, FRAME_HEADER_BYTES, RST_STREAM, WINDOW_UPDATE, FrameHeader
 
@@ -100,3 +100,12 @@ class LateFrameSplitter:
         if run_start < size:
             pieces.append((data if run_start == 0 else data[run_start:], None))
         return pieces
+
+
+def closed_client_stream(h2c: Any, stream_id: int) -> bool:
+    """Whether `stream_id` is a client stream the server's `h2c` (an h2 `H2Connection`) has seen open and
+    that is closed now (or was skipped, so implicitly closed): a late frame for it is to be ignored."""
+    if stream_id % 2 == 0 or stream_id > h2c.highest_inbound_stream_id:
+        return False
+    stream = h2c.streams.get(stream_id)
+    return stream is None or bool(stream.closed)

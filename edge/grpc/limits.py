@@ -15,9 +15,9 @@ from edge.grpc.frame_guard import FrameBudgets
 #: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
 H2_DEFAULT_WINDOW: Final = 65_535
 MAX_WINDOW: Final = 2**31 - 1
-#: Outbound bytes a connection may queue (replies to PINGs and SETTINGS, statuses, WINDOW_UPDATEs,
-#: and at most one frame per stream beyond the writer's high-water mark) before the client is taken
-#: to be not reading: it is closed rather than buffered for.
+#: Bytes a connection may hold queued in reply to the client's own frames (PING and SETTINGS
+#: acknowledgements, WINDOW_UPDATEs) before the client is taken to be not reading: it is closed rather
+#: than buffered for. Streams' own DATA does not count (flow control and the writer bound that).
 MAX_PENDING_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
 
 

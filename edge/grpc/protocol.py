@@ -75,7 +75,8 @@ from edge.grpc.events import (
 from edge.grpc.frame_guard import ConnectionAbuse, FrameGuard, refuse_empty_header_names
 from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, status_trailers
 from edge.grpc.inbound import InboundStream
-from edge.grpc.late_frames import LateFrameSplitter
+from edge.grpc.late_frames import LateFrameSplitter, closed_client_stream
+from edge.grpc.outbound import OutboundQueue
 from edge.grpc.limits import H2_DEFAULT_WINDOW, ProtocolLimits
 
 
@@ -85,7 +86,6 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
     def __init__(self, limits: ProtocolLimits) -> None:
         self.limits = limits
         self._inbound: dict[int, InboundStream] = {}
-        self._outbound = bytearray()
         #: Bytes held for handlers right now, over all streams (queued messages + partial ones).
         self.inbound_buffered_bytes = 0
         #: The most any single stream has held at once.
@@ -105,6 +105,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
         self.h2_connection.config.header_encoding = None
         self.guard = FrameGuard(limits.frame_budgets, self.h2_connection.max_inbound_frame_size)
+        self._outbound = OutboundQueue(self.h2_connection.data_to_send, limits.max_pending_outbound_bytes)
         self.h2_connection.receive_data = refuse_empty_header_names(self.h2_connection.receive_data)
 
     # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
@@ -139,12 +140,12 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         events: list[Event] = []
         try:
             self.guard.check(data, now)
+            pending = len(self._outbound)
             for piece, late_frame_stream in self._splitter.split(data):
-                if late_frame_stream is not None and self._stream_is_closed(late_frame_stream):
+                if late_frame_stream is not None and closed_client_stream(self.h2_connection, late_frame_stream):
                     continue  # RFC 9113 5.1: ignore WINDOW_UPDATE/RST_STREAM on a closed stream
                 events.extend(super().receive_data(piece))
-            if self.pending_outbound_bytes > self.limits.max_pending_outbound_bytes:
-                raise ConnectionAbuse(ErrorCodes.ENHANCE_YOUR_CALM, "not_reading", flush=False)
+            self._outbound.count_replies(pending)
         except h2.exceptions.ProtocolError:
             self.goaway_sent = True
             raise
@@ -160,14 +161,6 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             self.goaway_sent = True
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2_connection.close_connection(abuse.error_code)
-
-    def _stream_is_closed(self, stream_id: int) -> bool:
-        """A client stream h2 has seen open and that is closed now (or was skipped, so implicitly closed)."""
-        h2c = self.h2_connection
-        if stream_id % 2 == 0 or stream_id > h2c.highest_inbound_stream_id:
-            return False
-        stream = h2c.streams.get(stream_id)
-        return stream is None or stream.closed
 
     def _request_received(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = event.stream_id
@@ -410,22 +403,9 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             return False
         return True
 
-    def _pull(self) -> None:
-        data = self.h2_connection.data_to_send()
-        if data:
-            self._outbound += data
-
     @property
     def pending_outbound_bytes(self) -> int:
-        self._pull()
         return len(self._outbound)
 
     def data_to_send(self, amount: int | None = None) -> bytes:
-        self._pull()
-        if amount is None or amount >= len(self._outbound):
-            data = bytes(self._outbound)
-            self._outbound.clear()
-            return data
-        data = bytes(self._outbound[:amount])
-        del self._outbound[:amount]
-        return data
+        return self._outbound.take(amount)

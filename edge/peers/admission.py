@@ -16,11 +16,15 @@ Each hook into the peer server is one call:
   new stream is counted against its source address (PEER_REGISTRATION_RATE_PER_ADDRESS) and against the
   streams still waiting to register (MAX_UNREGISTERED_STREAMS); over either it is refused at once with
   RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be sent) and
-  costs nothing more.
+  costs nothing more. Then its credentials are checked on their own, from the request's HEADERS (edge.peers.auth.prove):
+  proving nothing, it is refused UNAUTHENTICATED before its registration is read, having held no more than
+  its 64 KiB initial window; proven (or with PEER_AUTH_MODE=none), its window is opened
+  (`ServerStream.open_window`) so a registration of any allowed size can arrive.
 * `admission.authorize(stream, registration)` (edge.peers.handler, once the registration parsed): the
   claimed peer id against what the stream proves (edge.peers.auth). Refused: a `PeerProtocolError` with
   UNAUTHENTICATED or PERMISSION_DENIED, which the handler's refusal path answers, and one log line naming
-  the claimed and the proven ids. Admitted: the stream stops counting as unregistered.
+  the claimed and the proven ids. Admitted: the stream stops counting as unregistered, and its bytes
+  leave the edge-wide PEER_UNREGISTERED_BUFFER_BYTES budget (`ServerStream.admit`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ A registration *claims* a peer id (`peer_name`). The stream *proves* ids with it
 
 Ids are compared exactly (peer ids are case-sensitive, so a DNS name is not folded to lower case).
 
-`decide(mode, claimed, presented, ...)` is the whole policy:
+`prove(mode, presented, ...)` checks the credentials on their own (what the edge knows from a request's
+HEADERS); `match(proof, claimed)` then checks the claimed id against what they prove;
+`decide(mode, claimed, presented, ...)`, the two together, is the whole policy:
 
     PEER_AUTH_MODE   admitted when                              otherwise
     none             always (the edge warns at start-up)        -
