@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from edge import embedded_kafka
+    from edge import broker_probe
 
 KAFKA_VERSION: Final = "4.4.0"
 POM: Final = Path(__file__).with_name("pom.xml")
@@ -171,9 +171,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _proto() -> ModuleType:
     # Imported on first use: `fetch` must work before the edge package is importable.
-    from edge import embedded_kafka
+    from edge import broker_probe
 
-    return embedded_kafka
+    return broker_probe
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
@@ -190,7 +190,7 @@ def _exchange(sock: socket.socket, request: bytes) -> bytes:
         buffer += chunk
 
 
-def probe(host: str, port: int, timeout: float = 2.0) -> tuple[embedded_kafka.BrokerNode, ...]:
+def probe(host: str, port: int, timeout: float = 2.0) -> tuple[broker_probe.BrokerNode, ...]:
     """ApiVersions then Metadata against host:port; the brokers listed. Raises OSError or KafkaProbeError."""
     proto = _proto()
     with socket.create_connection((host, port), timeout=timeout) as sock:
