@@ -149,7 +149,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 EPILOG_PEER_SIM = """\
 examples:
   python -m edge peer-sim --ca certs/ca.crt --peers 20            # 20 peers against localhost:50051
-  python -m edge peer-sim --no-tls --target 127.0.0.1:50051 --peers 5 --duration 60
+  python -m edge peer-sim --no-tls --edge 127.0.0.1:50051 --peers 5 --duration 60
+  python -m edge peer-sim --ca certs/ca.crt --edge edge-a:50051,edge-b:50051 --peers 100   # spread over 2 edges
   python -m edge peer-sim --ca certs/ca.crt --peers 10000 --processes 2 --streams-per-connection 50 \\
       --connect-rate 1000 --duration 300 > summary.json           # load: last stdout line is JSON
 
@@ -158,6 +159,11 @@ with the edge's token secret (found as `python -m edge token` finds it) unless -
 goes to stderr every --progress-interval seconds; the final line on stdout is a JSON summary. Ctrl-C
 stops the peers gracefully (each half-closes its stream); a second Ctrl-C exits at once. Exit code 0
 when every peer registered at least once.
+
+Reconnecting (docs/protocol.md, "Reconnecting"): a peer whose stream or connection ends waits a random
+time in [0, min(--reconnect-max, --reconnect-initial * 2^n)] (n: failed attempts since it last
+registered) before trying again; after ABORTED (another stream took its peer id) it waits between half
+and all of --reconnect-max. Each new connection goes to the next --edge address (or a random one).
 
 For load, start the edge with PEER_REGISTRATION_RATE_PER_ADDRESS=0: all simulated peers come from
 one address, and the default per-address limit (10 new streams per second) would throttle them.
@@ -198,7 +204,20 @@ def _add_peer_sim(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         epilog=EPILOG_PEER_SIM,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sim.add_argument("--target", default="localhost:50051", help="edge gRPC address host:port (default: localhost:50051)")
+    sim.add_argument(
+        "--edge",
+        "--target",
+        dest="edges",
+        action="append",
+        help="edge gRPC address host:port; repeat it or give a comma list to spread peers over several edges "
+        "(default: localhost:50051)",
+    )
+    sim.add_argument(
+        "--edge-choice",
+        choices=("round-robin", "random"),
+        default="round-robin",
+        help="address of each new connection: the next one in turn, or a random one (default: round-robin)",
+    )
     tls = sim.add_mutually_exclusive_group()
     tls.add_argument("--tls", dest="tls", action="store_true", default=True, help="use TLS (default)")
     tls.add_argument("--no-tls", dest="tls", action="store_false", help="plaintext HTTP/2 (GRPC_USE_TLS=false edges)")
@@ -225,6 +244,15 @@ def _add_peer_sim(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     sim.add_argument("--connect-rate", type=float, default=200.0, help="new connections per second, 0 for no limit (default: 200)")
     sim.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     sim.add_argument("--no-reconnect", dest="reconnect", action="store_false", help="do not reconnect when a stream ends")
+    sim.add_argument(
+        "--reconnect-initial",
+        type=_positive_float,
+        default=0.5,
+        help="first reconnect delay ceiling in seconds; doubles per failed attempt, full jitter (default: 0.5)",
+    )
+    sim.add_argument(
+        "--reconnect-max", type=_positive_float, default=30.0, help="reconnect delay cap in seconds (default: 30)"
+    )
     sim.add_argument("--processes", type=_positive_int, default=1, help="split the peers over this many processes (default: 1)")
     sim.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress lines, 0 for none (default: 2)")
     sim.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -282,6 +310,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -293,12 +328,21 @@ def _run_peer_sim(args: argparse.Namespace) -> int:
     from edge.certs import DEV_TOKEN_SECRET_NAME
     from edge.config import Address
     from edge.peers.tokens import KeyFileError, parse_ed25519_private_key, parse_hmac_secrets
-    from edge.tools.peer_sim import SimConfig, run_cli
+    from edge.tools.peer_sim import SimConfig
+    from edge.tools.peer_sim_cli import run_cli
 
-    try:
-        target = Address.parse(args.target)
-    except ValueError:
-        print(f"peer-sim: --target must be host:port, got {args.target!r}", file=sys.stderr)
+    edges: list[Address] = []
+    for text in [part for value in args.edges or ["localhost:50051"] for part in value.split(",") if part.strip()]:
+        try:
+            edges.append(Address.parse(text))
+        except ValueError:
+            print(f"peer-sim: --edge must be host:port, got {text!r}", file=sys.stderr)
+            return 2
+    if not edges:
+        print("peer-sim: --edge names no address", file=sys.stderr)
+        return 2
+    if args.reconnect_max < args.reconnect_initial:
+        print("peer-sim: --reconnect-max must be at least --reconnect-initial", file=sys.stderr)
         return 2
     key_path: Path | None = None
     if args.ed25519_key is not None:
@@ -321,8 +365,12 @@ def _run_peer_sim(args: argparse.Namespace) -> int:
             return 2
     audience = args.audience if args.audience is not None else (os.environ.get("PEER_TOKEN_AUDIENCE") or None)
     config = SimConfig(
-        host=target.host,
-        port=target.port,
+        host=edges[0].host,
+        port=edges[0].port,
+        edges=tuple((edge.host, edge.port) for edge in edges),
+        edge_choice=args.edge_choice,
+        reconnect_initial=args.reconnect_initial,
+        reconnect_max=args.reconnect_max,
         tls=args.tls,
         ca_path=args.ca,
         insecure=args.insecure,
