@@ -30,7 +30,7 @@ from typing import Final
 
 import attrs
 
-from edge.embedded_kafka import KafkaProbeError
+from edge.broker_probe import KafkaProbeError
 from testing.kafka.broker import (
     JVM_OPTIONS,
     PROBE_INTERVAL_SEC,
