@@ -86,6 +86,11 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
+def _group_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    if not value or value.count("{") > 1 or value.replace("{}", "").count("{") or "}" in value.replace("{}", ""):
+        raise _invalid(attribute, value)
+
+
 def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
         raise _invalid(attribute, value)
@@ -247,7 +252,11 @@ class Settings:
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "comma-separated host:port list"
     )
-    kafka_group_id: str = _setting("KAFKA_GROUP_ID", "edge-service", "a consumer group id")
+    #: The command consumer's group; `{}` stands for EDGE_ID, so by default every edge has a group of
+    #: its own and one edge's start, stop or crash never rebalances another (docs/scaling.md).
+    kafka_group_id: str = _setting(
+        "KAFKA_GROUP_ID", "edge-service-{}", "a consumer group id, with at most one {} (EDGE_ID)", _group_id
+    )
     kafka_edge_commands_topic_pattern: str = _setting(
         "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN", "edge-commands-{}", "a topic name with one {}", _pattern
     )
@@ -271,6 +280,24 @@ class Settings:
     )
     kafka_file_remap_responses_topic: str = _setting(
         "KAFKA_FILE_REMAP_RESPONSES_TOPIC", "file-remap-responses", "a Kafka topic name", _topic_name
+    )
+    #: Compacted, keyed by peer id: the last lifecycle record of every peer, which every edge reads in
+    #: full to know which edge holds which peer (docs/scaling.md#presence).
+    kafka_peer_presence_topic: str = _setting(
+        "KAFKA_PEER_PRESENCE_TOPIC", "peer-presence", "a Kafka topic name", _topic_name
+    )
+    #: Peers the presence view remembers; past it the least recently updated is forgotten.
+    presence_max_peers: int = _setting(
+        "PRESENCE_MAX_PEERS", 1_000_000, "a whole number of peers above 0", _positive
+    )
+    #: How long a command waits for a peer that presence saw connected moments ago (its edge ended
+    #: the session or died) instead of being dead-lettered `peer_not_connected`.
+    command_peer_grace_sec: float = _setting(
+        "COMMAND_PEER_GRACE_SEC", 30.0, "seconds, 0 or more (0: no grace)", _non_negative
+    )
+    #: How many times a command may be forwarded from edge to edge following its peer.
+    command_max_hops: int = _setting(
+        "COMMAND_MAX_HOPS", 3, "a whole number, 0 or more (0: never forward)", _non_negative
     )
     kafka_deadletter_topic_pattern: str = _setting(
         "KAFKA_DEADLETTER_TOPIC_PATTERN", "edge-commands-{}.deadletter", "a topic name with one {}", _pattern
@@ -352,6 +379,15 @@ class Settings:
     def deadletter_topic(self) -> str:
         return self.kafka_deadletter_topic_pattern.format(self.edge_id)
 
+    @property
+    def group_id(self) -> str:
+        """The command consumer's group: KAFKA_GROUP_ID with `{}` replaced by EDGE_ID."""
+        return self.kafka_group_id.replace("{}", self.edge_id)
+
+    def commands_topic_of(self, edge_id: str) -> str:
+        """The command topic of another edge (where commands for its peers are forwarded)."""
+        return self.kafka_edge_commands_topic_pattern.format(edge_id)
+
     def produced_topics(self) -> tuple[str, ...]:
         """Every topic the edge writes to."""
         return (
@@ -362,6 +398,7 @@ class Settings:
             self.kafka_screenshot_capture_responses_topic,
             self.kafka_file_remap_responses_topic,
             self.deadletter_topic,
+            self.kafka_peer_presence_topic,
         )
 
 

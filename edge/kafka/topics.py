@@ -59,6 +59,11 @@ def required_topics(settings: Settings) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Configs of a topic the edge creates: the presence topic is compacted (one record per peer)."""
+    return {"cleanup.policy": "compact"} if name == settings.kafka_peer_presence_topic else {}
+
+
 def missing_topics(existing: Iterable[str], required: Iterable[str]) -> list[str]:
     present = set(existing)
     return [name for name in required if name not in present]
@@ -84,6 +89,7 @@ async def _aio_ensure_topics(settings: Settings) -> list[str]:
                 name,
                 num_partitions=settings.kafka_topic_partitions,
                 replication_factor=settings.kafka_topic_replication_factor,
+                topic_configs=topic_configs(settings, name),
             )
             for name in missing
         ]

@@ -214,7 +214,9 @@ class MemoryEdge:
     def __init__(self, settings: Settings, clients: trio.Nursery, event_buffer: int) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics.create(settings.edge_id)
-        self.registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
+        self.registry = PeerRegistry(
+            max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec, now=fixed_now
+        )
         self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
         self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
         self.handler = PeerStreamHandler(
@@ -228,6 +230,8 @@ class MemoryEdge:
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
         self.published: list[Published] = []
+        #: Records for the presence topic (the lifecycle records' twins), kept out of `published`.
+        self.presence: list[OutboundRecord] = []
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.drained = trio.Event()
@@ -260,6 +264,9 @@ class MemoryEdge:
         """The bridge's part: take records as they come, note the time."""
         async with self._events_out:
             async for record in self._events_out:
+                if record.topic == self.settings.kafka_peer_presence_topic:
+                    self.presence.append(record)
+                    continue
                 self.published.append(Published(trio.current_time(), record))
                 self._notify()
         self.drained.set()
@@ -267,6 +274,9 @@ class MemoryEdge:
     async def take(self) -> Published:
         """For tests without `drain`: the next record, at the time it is taken."""
         record = await self._events_out.receive()
+        while record.topic == self.settings.kafka_peer_presence_topic:
+            self.presence.append(record)
+            record = await self._events_out.receive()
         published = Published(trio.current_time(), record)
         self.published.append(published)
         return published
