@@ -30,6 +30,7 @@ import structlog
 import trio
 import trio_asyncio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from edge.config import Settings
@@ -61,6 +62,11 @@ class AioPresenceReader:
 
     def __init__(self, settings: Settings) -> None:
         self._topic = settings.kafka_peer_presence_topic
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"giggityflix-edge-{settings.edge_id}-presence",
+            request_timeout_ms=int(settings.kafka_request_timeout_sec * 1000),
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             client_id=f"giggityflix-edge-{settings.edge_id}-presence",
@@ -76,11 +82,15 @@ class AioPresenceReader:
         """Connect, assign every partition from the beginning; return the end offsets to catch up to."""
         started = False
         try:
-            await self._consumer.start()
-            await self._consumer.topics()  # a metadata refresh, so partitions_for_topic knows the topic
-            numbers = self._consumer.partitions_for_topic(self._topic) or set()
+            await self._admin.start()
+            try:
+                [described] = await self._admin.describe_topics([self._topic])
+            finally:
+                await self._admin.close()
+            numbers = {partition["partition"] for partition in described.get("partitions", ())}
             if not numbers:
                 raise KafkaError(f"presence topic {self._topic} has no partitions (does it exist?)")
+            await self._consumer.start()
             partitions = [TopicPartition(self._topic, number) for number in sorted(numbers)]
             self._consumer.assign(partitions)
             await self._consumer.seek_to_beginning(*partitions)

@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import logging
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from functools import partial
 from typing import Any
@@ -31,6 +31,7 @@ from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
+from edge.presence import PresenceView
 from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
 
@@ -67,6 +68,13 @@ class RunningEdge:
     stats: GrpcServerStats
     scope: trio.CancelScope
     stopped: trio.Event
+    state: KafkaState = attrs.field(factory=KafkaState)
+
+    async def caught_up(self, timeout: float = 60) -> None:
+        """Wait until the presence view has read the presence topic to its end (part of readiness)."""
+        with trio.fail_after(timeout):
+            while not self.state.presence_caught_up:
+                await self.state.changed.wait()
 
     async def stop(self) -> None:
         self.scope.cancel()
@@ -84,10 +92,20 @@ class RunningEdge:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
-    """`edge.serve`'s composition with the registry and transport counters in the test's hands."""
+async def running_edge(
+    settings: Settings, now: Callable[[], datetime.datetime] = utc_now
+) -> AsyncIterator[RunningEdge]:
+    """`edge.serve`'s composition with the registry, transport counters and Kafka state in the test's
+    hands. `now`: the edge's wall clock."""
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
-    registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
+    registry = PeerRegistry(
+        max_peers=settings.max_peers,
+        takeover_timeout=settings.shutdown_timeout_sec,
+        edge_id=settings.edge_id,
+        presence=PresenceView(settings.presence_max_peers),
+        now=now,
+    )
+    state = KafkaState()
     stats = GrpcServerStats()
     scope = trio.CancelScope()
     stopped = trio.Event()
@@ -106,15 +124,15 @@ async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
                             events_receive,
                             events_send.clone(),
                             registry,
-                            KafkaState(),
-                            utc_now,
+                            state,
+                            now,
                         )
                         port = await nursery.start(
                             partial(serve_peers, runtime=runtime, config=grpc_settings, stats=stats),
                             settings,
                             events_send,
                             registry,
-                            utc_now,
+                            now,
                         )
                         task_status.started(port)
         finally:
@@ -122,7 +140,7 @@ async def running_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve)
-        edge = RunningEdge(port, registry, stats, scope, stopped)
+        edge = RunningEdge(port, registry, stats, scope, stopped, state)
         try:
             yield edge
         finally:
