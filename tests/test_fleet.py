@@ -9,13 +9,18 @@ asserted as timings.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio_asyncio
+from aiokafka import AIOKafkaProducer
 
 from edge.config import Settings
 from edge.nursery import utc_now
@@ -23,6 +28,7 @@ from tests.bridge.support import command
 from tests.grpcio_peer import GrpcioPeer
 from tests.kafka.client import consume_records, produce_records
 from tests.peers.real import edge_settings, running_edge
+from tests.process import EdgeProcess
 
 pytestmark = pytest.mark.kafka
 
@@ -140,3 +146,116 @@ async def test_an_edge_restarted_with_a_clock_behind_still_numbers_higher_epochs
     values = await lifecycle(kafka_bootstrap, a, 4)
     connected = [v["epoch"] for v in values if v["event_type"] == "connected"]
     assert connected == epochs
+
+
+@pytest.mark.parametrize("layout", ["per_edge", "shared"])
+async def test_an_edge_restarting_or_dying_does_not_pause_commands_on_another(
+    kafka_bootstrap: str,
+    kafka_topic_prefix: str,
+    tls_files: Any,
+    kafka_supports_idempotence: bool,
+    tmp_path: Path,
+    layout: str,
+) -> None:
+    """Commands flow to a peer on B at 20 per second while A (a child process) starts, stops with
+    SIGTERM, starts, is SIGKILLed and starts again. Every command arrives; the worst latency of a
+    command on B in each phase is printed for docs/scaling.md. `per_edge` is the default group layout;
+    `shared` (one group for both edges, the old default) is the comparison."""
+    group = f"{kafka_topic_prefix}-shared" if layout == "shared" else "edge-service-{}"
+    b = fleet_settings(
+        kafka_topic_prefix, "b", kafka_bootstrap, tls_files, kafka_supports_idempotence, kafka_group_id=group
+    )
+    a_env = {
+        "EDGE_ID": f"{kafka_topic_prefix}-a",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_ENABLE_IDEMPOTENCE": str(kafka_supports_idempotence).lower(),
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_SESSION_TIMEOUT_SEC": str(b.kafka_session_timeout_sec),
+        "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": b.kafka_peer_lifecycle_events_topic,
+        "KAFKA_PEER_PRESENCE_TOPIC": b.kafka_peer_presence_topic,
+        "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
+        "GRPC_USE_TLS": "false",
+        "LOG_LEVEL": "info",
+    }
+    sent: dict[str, tuple[str, float]] = {}
+    arrived: dict[str, float] = {}
+    async with running_edge(b) as edge_b, trio.open_nursery() as nursery:
+        await edge_b.caught_up()
+        peer = await register(edge_b.port, tls_files.ca_pem, "steady")
+
+        async def collect() -> None:
+            while True:
+                message = await peer.receive(timeout=300)
+                if message is None:
+                    return
+                if message.WhichOneof("payload") == "file_delete_request":
+                    arrived.setdefault(message.request_id, trio.current_time())
+
+        async def start_a() -> EdgeProcess:
+            edge = await EdgeProcess.start(nursery, "run", env=a_env, cwd=tmp_path)
+            await edge.wait_event("presence_caught_up", timeout=120)
+            await edge.wait_event("kafka_partitions_assigned", timeout=120)
+            return edge
+
+        nursery.start_soon(collect)
+        async with kafka_producer(kafka_bootstrap) as send:
+            phase = "quiet"
+            stop = trio.Event()
+
+            async def produce() -> None:
+                n = 0
+                while not stop.is_set():
+                    request_id = f"c-{n}"
+                    n += 1
+                    sent[request_id] = (phase, trio.current_time())
+                    await send(b.commands_topic, "steady", command("steady", request_id))
+                    await trio.sleep(0.05)
+
+            nursery.start_soon(produce)
+            await trio.sleep(3)
+            phase = "A starting"
+            edge_a = await start_a()
+            phase = "A stopping (SIGTERM)"
+            edge_a.signal(signal.SIGTERM)
+            await edge_a.wait_exit(timeout=60)
+            phase = "A starting again"
+            edge_a = await start_a()
+            await trio.sleep(1)
+            phase = "A SIGKILLed"
+            edge_a.kill()
+            await edge_a.wait_exit(timeout=60)
+            phase = "A restarting at once after the kill"
+            edge_a = await start_a()
+            phase = "after"
+            await trio.sleep(b.kafka_session_timeout_sec + 2)
+            stop.set()
+            edge_a.signal(signal.SIGTERM)
+            await edge_a.wait_exit(timeout=60)
+        with trio.fail_after(60):
+            while len(arrived) < len(sent):
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+        peer.close()
+    worst: dict[str, float] = {}
+    for request_id, (phase_of, at) in sent.items():
+        worst[phase_of] = max(worst.get(phase_of, 0.0), arrived[request_id] - at)
+    shown = ", ".join(f"{name}: {value * 1000:.0f} ms" for name, value in worst.items())
+    print(f"worst command latency on B ({layout} groups), by phase of A: {shown}")
+    assert set(arrived) == set(sent)
+
+
+@contextlib.asynccontextmanager
+async def kafka_producer(bootstrap: str) -> AsyncIterator[Callable[[str, str, bytes], Awaitable[None]]]:
+    """One aiokafka producer on a trio-asyncio loop of its own; `await send(topic, key, value)`."""
+    async with trio_asyncio.open_loop():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await trio_asyncio.aio_as_trio(producer.start)()
+        try:
+
+            async def send(topic: str, key: str, value: bytes) -> None:
+                await trio_asyncio.aio_as_trio(producer.send_and_wait)(topic, value, key=key.encode())
+
+            yield send
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await trio_asyncio.aio_as_trio(producer.stop)()
