@@ -23,6 +23,7 @@ def edge_settings(edge_id, kafka_bootstrap, tls_files, idempotence, **overrides)
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_enable_idempotence=idempotence,
         kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
+        kafka_peer_presence_topic=f"{edge_id}-presence",
         kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
         grpc_use_tls=True,
         grpc_cert_path=tls_files.cert_path,

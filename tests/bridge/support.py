@@ -20,6 +20,7 @@ def bridge_settings(edge_id: str, bootstrap: str, tls_files: Any, idempotence: b
         kafka_enable_idempotence=idempotence,
         kafka_group_id=f"{edge_id}-group",
         kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
+        kafka_peer_presence_topic=f"{edge_id}-presence",
         kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
         kafka_file_delete_responses_topic=f"{edge_id}-delete",
         kafka_file_hash_responses_topic=f"{edge_id}-hash",

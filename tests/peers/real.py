@@ -49,6 +49,7 @@ def edge_settings(prefix: str, bootstrap: str, tls_files: Any, idempotence: bool
         "kafka_file_hash_responses_topic": f"{prefix}-hash",
         "kafka_screenshot_capture_responses_topic": f"{prefix}-screenshot",
         "kafka_file_remap_responses_topic": f"{prefix}-remap",
+        "kafka_peer_presence_topic": f"{prefix}-presence",
     }
     return settings_for_tests(
         edge_id=prefix,
