@@ -48,65 +48,65 @@ def _setting(env: str, default: Any, accepts: str, validator: Any = None) -> Any
     )
 
 
-def _invalid(attribute: attrs.Attribute, value: object) -> ConfigError:
+def _invalid(attribute: attrs.Attribute[Any], value: object) -> ConfigError:
     return ConfigError(attribute.metadata["env"], attribute.metadata["accepts"], value)
 
 
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise _invalid(attribute, value)
 
 
-def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise _invalid(attribute, value)
 
 
-def _port_range(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def _port_range(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise _invalid(attribute, value)
 
 
-def _pattern(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def _pattern(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value.count("{}") != 1:
         raise _invalid(attribute, value)
 
 
-def _topic_name(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def _topic_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     probe = value.replace("{}", "x")
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,249}", probe):
         raise _invalid(attribute, value)
 
 
 def _one_of(*choices: str) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in choices:
             raise _invalid(attribute, value)
 
     return check
 
 
-def _group_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def _group_id(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value or value.count("{") > 1 or value.replace("{}", "").count("{") or "}" in value.replace("{}", ""):
         raise _invalid(attribute, value)
 
 
-def _edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def _edge_id(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
         raise _invalid(attribute, value)
 
 
-def _session_timeout(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _session_timeout(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 1 <= value <= 300:
         raise _invalid(attribute, value)
 
 
-def _record_bytes(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def _record_bytes(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not MIN_RECORD_BYTES <= value <= MAX_RECORD_BYTES:
         raise _invalid(attribute, value)
 
 
-def _fraction(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 <= value <= 1:
         raise _invalid(attribute, value)
 
@@ -403,10 +403,11 @@ class Settings:
 
 
 def _accepts(field_name: str) -> str:
-    return attrs.fields_dict(Settings)[field_name].metadata["accepts"]
+    accepts: str = attrs.fields_dict(Settings)[field_name].metadata["accepts"]
+    return accepts
 
 
-def env_variables() -> dict[str, attrs.Attribute]:
+def env_variables() -> dict[str, attrs.Attribute[Any]]:
     """Variable name -> Settings field, in declaration order."""
     return {field.metadata["env"]: field for field in attrs.fields(Settings)}
 
@@ -467,7 +468,7 @@ def _first_failing_field(group: cattrs.ClassValidationError) -> str:
     for exc in group.exceptions:
         for note in getattr(exc, "__notes__", ()):
             name = getattr(note, "name", None)
-            if name is not None:
+            if isinstance(name, str):
                 return name
     # A validator in attrs' __init__ raised: cattrs wraps it without a per-field note.
     for exc in group.exceptions:

@@ -1,6 +1,6 @@
 """Several edges on one broker: peers move between edges, commands follow them (docs/scaling.md).
 
-Rules: each edge is the edge's own composition (tests/peers/real.py) on a real TLS port; two edges run
+Rules: each edge is `edge.serve` itself (testing/harness.py) on a real TLS port; two edges run
 in this one Trio process with their own EDGE_ID, command topic and consumer group, and share the
 lifecycle and presence topics (named after the test). Peers are real grpcio clients. Real clock;
 every wait is for a condition under a deadline; figures are printed for docs/scaling.md, never
@@ -24,29 +24,25 @@ from aiokafka import AIOKafkaProducer
 
 from edge.config import Settings
 from edge.nursery import utc_now
-from tests.bridge.support import command
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records, produce_records
-from tests.peers.real import edge_settings, running_edge
-from tests.process import EdgeProcess
+from testing.grpcio_peer import GrpcioPeer
+from testing.harness import running_edge
+from testing.kafka.client import consume_records, produce_records
+from testing.process import EdgeProcess
+from testing.settings import edge_settings
+from tests.kafka.support import command
 
 pytestmark = pytest.mark.kafka
 
 
 def fleet_settings(prefix: str, edge: str, bootstrap: str, tls_files: Any, idempotence: bool, **overrides: Any) -> Settings:
-    """One edge of the test's fleet: its own id, command topic and group; the fleet's shared
-    lifecycle and presence topics."""
-    return edge_settings(
-        f"{prefix}-{edge}",
-        bootstrap,
-        tls_files,
-        idempotence,
-        kafka_peer_lifecycle_events_topic=f"{prefix}-lifecycle",
-        kafka_peer_presence_topic=f"{prefix}-presence",
-        kafka_request_timeout_sec=10.0,
-        kafka_session_timeout_sec=6.0,
-        **overrides,
-    )
+    """One edge of the test's fleet: its own id, command topic and group (the default template);
+    the fleet's shared lifecycle and presence topics."""
+    shared = {
+        "kafka_group_id": "edge-service-{}",
+        "kafka_peer_lifecycle_events_topic": f"{prefix}-lifecycle",
+        "kafka_peer_presence_topic": f"{prefix}-presence",
+    }
+    return edge_settings(f"{prefix}-{edge}", bootstrap, tls_files, idempotence, **{**shared, **overrides})
 
 
 async def register(port: int, ca_pem: bytes, peer_id: str) -> GrpcioPeer:

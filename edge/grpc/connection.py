@@ -138,7 +138,7 @@ class ServerConnection:
             try:
                 if await self._handshake():
                     await self._run()
-            except* Exception as group:
+            except* Exception as group:  # noqa: BLE001 - see below
                 # The one boundary per connection: a bug here ends this connection, no other.
                 self._log.error("grpc_connection_failed", exc_info=group)
         finally:

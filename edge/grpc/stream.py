@@ -158,7 +158,8 @@ class ServerStream:
         """Bytes the client may still send on this stream before it must wait for us (0: it is
         stopped by flow control, e.g. because the handler is not reading)."""
         try:
-            return self._host.protocol.h2_connection.remote_flow_control_window(self.stream_id)
+            window: int = self._host.protocol.h2_connection.remote_flow_control_window(self.stream_id)
+            return window
         except h2.exceptions.ProtocolError:  # the stream is closed
             return 0
 

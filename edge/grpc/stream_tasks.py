@@ -26,7 +26,6 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
-import structlog
 import trio
 from purerpc.grpclib.status import Status, StatusCode
 
@@ -169,7 +168,7 @@ class StreamTasks:
             reset = True
         except* StreamError as group:
             stream_errors = _leaves(group)
-        except* Exception as group:
+        except* Exception as group:  # noqa: BLE001 - see below
             # The per-stream boundary. Cancelled is not an Exception and goes on up.
             failure = group
         if failure is not None:
@@ -247,7 +246,7 @@ def _leaves(group: BaseExceptionGroup[StreamError]) -> list[StreamError]:
 def _same_status(a: Status | None, b: Status | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a.status_code == b.status_code and a.status_message == b.status_message
+    return bool(a.status_code == b.status_code and a.status_message == b.status_message)
 
 
 def _single(group: BaseExceptionGroup[Exception]) -> BaseException:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Final
+from typing import Final, cast
 
 import attrs
 import h11
@@ -147,7 +147,8 @@ async def _next_event(stream: trio.SocketStream, connection: h11.Connection) -> 
         if event is h11.NEED_DATA:
             connection.receive_data(await stream.receive_some(RECEIVE_BYTES))
             continue
-        return event
+        # mypy does not narrow h11's sentinel classes by identity: this is not NEED_DATA.
+        return cast("h11.Event | type[h11.PAUSED]", event)
 
 
 async def _send(stream: trio.SocketStream, connection: h11.Connection, reply: Reply, *, head: bool) -> None:

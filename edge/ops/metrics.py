@@ -97,7 +97,7 @@ class EdgeMetrics:
     def create(cls, edge_id: str = "") -> EdgeMetrics:
         registry = CollectorRegistry(auto_describe=False)
         live = _LiveCollector()
-        registry.register(live)  # type: ignore[arg-type]
+        registry.register(live)
 
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(_name(name), documentation, labels, registry=registry)
@@ -182,7 +182,7 @@ class EdgeMetrics:
         """Expose Kafka connection state: 1 connected, 0 not (the consumer only while it is enabled)."""
 
         def read() -> list[tuple[tuple[str, ...], float]]:
-            values = [(("producer",), float(producer()))]
+            values: list[tuple[tuple[str, ...], float]] = [(("producer",), float(producer()))]
             consumer_connected = consumer()
             if consumer_connected is not None:
                 values.append((("consumer",), float(consumer_connected)))

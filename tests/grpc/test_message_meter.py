@@ -50,7 +50,7 @@ class Reader:
 
     async def __call__(self, stream: ServerStream) -> None:
         try:
-            while (message := await stream.receive_message()) is not None:
+            while await stream.receive_message() is not None:
                 self.times.append(trio.current_time())
                 if len(self.times) == 1 and self.pause_after_first:
                     await trio.sleep(self.pause_after_first)  # e.g. waiting for Kafka: not reading

@@ -1,5 +1,5 @@
-"""Requirement 9: `serve_grpc_connection` runs on any Trio stream, so timed behaviour is tested under
-MockClock with `autojump_clock` (an hour of handler time takes no wall-clock time).
+"""docs/design.md#purerpc-needs-real-socket: `serve_grpc_connection` runs on any Trio stream, so timed
+behaviour is tested under MockClock with `autojump_clock` (an hour of handler time takes no wall-clock time).
 
 Rules: in-memory streams (`memory_stream_pair`, `lockstep_stream_pair`) or a `socketpair`, an h2 client
 on the other end, `autojump_clock` for everything timed; no real-time sleeps.

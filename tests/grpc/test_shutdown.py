@@ -1,4 +1,4 @@
-"""Requirement 3 (RISKS.md 3): graceful shutdown, and one listener per port.
+"""docs/design.md#purerpc-no-graceful-shutdown: graceful shutdown, and one listener per port.
 
 Rules: real sockets and TLS, real grpcio clients in worker threads; no real-time sleeps.
 """
@@ -16,9 +16,11 @@ import pytest
 import trio
 
 from edge.grpc import GrpcServerConfig, ServerStream, Status, serve_grpc
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, running_server
+from .support import RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

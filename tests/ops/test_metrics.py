@@ -10,11 +10,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import edge
-from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from edge.proto import pb
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records, produce_records
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records, produce_records
+from testing.settings import tls_settings
 from tests.ops.support import http_get
 
 pytestmark = pytest.mark.kafka
@@ -37,7 +36,8 @@ def value(samples, name: str, **labels: str) -> float:
 async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files):
     lifecycle = f"{kafka_topic_prefix}-lifecycle"
     catalog = f"{kafka_topic_prefix}-catalog"
-    settings = settings_for_tests(
+    settings = tls_settings(
+        tls_files,
         edge_id=kafka_topic_prefix,
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_enable_idempotence=kafka_supports_idempotence,
@@ -46,13 +46,10 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         kafka_peer_catalog_updates_topic=catalog,
         kafka_group_id=kafka_topic_prefix,
         retry_max_retries=0,
-        grpc_use_tls=True,
-        grpc_cert_path=tls_files.cert_path,
-        grpc_key_path=tls_files.key_path,
     )
-    runtime = EdgeRuntime.create(settings.edge_id)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
+        started = await nursery.start(edge.serve, settings)
+        port, runtime = started.grpc_port, started.runtime
         before = await scrape(runtime.http_port)
         assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix) == 1
         assert value(before, "giggityflix_edge_sessions_started_total") == 0
