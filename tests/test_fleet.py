@@ -140,8 +140,8 @@ async def test_an_edge_restarted_with_a_clock_behind_still_numbers_higher_epochs
             peer.close()
     assert epochs[1] > epochs[0]
     values = await lifecycle(kafka_bootstrap, a, 4)
-    connected = [v["epoch"] for v in values if v["event_type"] == "connected"]
-    assert connected == epochs
+    connected = {v["epoch"] for v in values if v["event_type"] == "connected"}  # at least once: repeats
+    assert connected == set(epochs)
 
 
 @pytest.mark.parametrize("layout", ["per_edge", "shared"])
