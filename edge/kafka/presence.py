@@ -117,8 +117,8 @@ def caught_up(positions: Mapping[TopicPartition, int], ends: Mapping[TopicPartit
 
 
 def apply_records(records: Sequence[ConsumerRecord], directory: PeerDirectory, edge_id: str) -> int:
-    """Pure over the view: apply `records` in order; have the directory end sessions that another
-    edge took over. Returns how many sessions were ended here."""
+    """Apply `records` to the directory's presence view in order, and have the directory end the
+    sessions another edge took over (logged `peer_taken_over`). No I/O. Returns how many ended."""
     displaced = 0
     for record in records:
         value = _decode(record.value)
