@@ -3,6 +3,7 @@
 Both sides of the edge use it and neither owns it, so it sits below both (like edge.handoff):
 
     next_epoch(now_ms, seen)     the hybrid-logical-clock rule: max(wall-clock ms, highest seen + 1)
+    epoch_ms(datetime)           the wall clock in the milliseconds epochs are made of
     presence_entry(value)        a lifecycle record's JSON value -> (peer id, Holder), or None
     PresenceView                 peer id -> the newest Holder seen, bounded (PRESENCE_MAX_PEERS)
 
@@ -24,11 +25,17 @@ dead-lettered by the usual rules, not forwarded).
 
 from __future__ import annotations
 
+import datetime
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
+
+
+def epoch_ms(moment: datetime.datetime) -> int:
+    """Wall-clock milliseconds since the Unix epoch: the unit of epochs and presence times."""
+    return int(moment.timestamp() * 1000)
 
 
 def next_epoch(now_ms: int, seen: int | None) -> int:

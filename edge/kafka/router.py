@@ -27,10 +27,9 @@ What it guarantees:
   deduplication covers it; see docs/kafka.md.)
 - Settling. A delivered command's ticket is settled at once; a dead-lettered one when the broker
   acknowledged its dead letter (`OutboundRecord.on_ack`). Only settled records are committed.
-- Following the peer (edge.kafka.forwarding). With no session here, presence decides: a peer held by
-  another edge gets the command forwarded to that edge's topic (settled once the broker acknowledged
-  the copy), in line order, so the peer's order holds; a peer that went moments ago is waited for
-  (COMMAND_PEER_GRACE_SEC) without running out of retries.
+- Following the peer (edge.kafka.forwarding). With no session here, presence decides: forwarded, in
+  line order, to the edge holding the peer (settled on the broker's ack), or waited for without running
+  out of retries if it left less than COMMAND_PEER_GRACE_SEC ago.
 - Revocation. `abandon(partitions)` drops every waiting command of those partitions: their new owner
   (often this edge again) reads them from the last commit.
 
@@ -59,7 +58,7 @@ from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record,
 from edge.kafka.forwarding import Decision, Forward, Wait, decide, forwarded_record, hops_of
 from edge.kafka.offsets import Partition, Ticket
 from edge.ops.metrics import EdgeMetrics
-from edge.presence import PresenceView
+from edge.presence import PresenceView, epoch_ms
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -152,7 +151,7 @@ class CommandRouter:
         return self._limiter.borrowed_tokens
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._started_ms = _ms(self._now())
+        self._started_ms = epoch_ms(self._now())
         async with self._events:
             try:
                 async with trio.open_nursery() as nursery:
@@ -270,33 +269,26 @@ class CommandRouter:
                 del self._lines[line.peer_id]
 
     def _absent(self, peer_id: str, pending: _Pending) -> Decision:
-        """What presence says to do when the peer has no session here (None: it has one, or presence
-        knows nothing useful; the usual rules apply)."""
+        """What presence says to do when the peer has no session here (None: the usual rules)."""
         if self._presence is None or self._sessions.lookup(peer_id) is not None:
             return None
-        if pending.delivery is not None and not pending.delivery.settled:
-            return None  # a write to the old session is still pending: wait for it, never send twice
-        settings = self._settings
+        if pending.delivery is not None and (not pending.delivery.settled or pending.delivery.written):
+            return None  # a write to the old session is pending or done: `_attempt` settles it
+        hops, settings, now_ms = hops_of(pending.command.original), self._settings, epoch_ms(self._now())
+        grace_ms, holder = int(settings.command_peer_grace_sec * 1000), self._presence.get(peer_id)
         return decide(
-            self._presence.get(peer_id),
-            edge_id=settings.edge_id,
-            hops=hops_of(pending.command.original),
-            max_hops=settings.command_max_hops,
-            now_ms=_ms(self._now()),
-            grace_ms=int(settings.command_peer_grace_sec * 1000),
-            started_ms=self._started_ms,
-        )
+            holder, edge_id=settings.edge_id, hops=hops, max_hops=settings.command_max_hops,
+            now_ms=now_ms, grace_ms=grace_ms, started_ms=self._started_ms,
+        )  # fmt: skip
 
     async def _forward(self, line: _Line, pending: _Pending, to: Forward) -> None:
         """Send the head command on to the edge that holds its peer; settled when acknowledged."""
         self._remove(line, pending)
-        hops = hops_of(pending.command.original) or 0
-        topic = self._settings.commands_topic_of(to.edge_id)
+        hops, edge_id, settle = hops_of(pending.command.original) or 0, self._settings.edge_id, partial(self._settle, pending.ticket)
         self.stats.forwarded += 1
         log.info("command_forwarded", request_id=pending.command.request_id, to_edge=to.edge_id, hops=hops + 1)
-        record = forwarded_record(
-            pending.command, topic=topic, edge_id=self._settings.edge_id, hops=hops, on_ack=partial(self._settle, pending.ticket)
-        )
+        topic = self._settings.commands_topic_of(to.edge_id)
+        record = forwarded_record(pending.command, topic=topic, edge_id=edge_id, hops=hops, on_ack=settle)
         await send_event(self._events, record, self.metrics)
 
     def _next_wake(self, line: _Line) -> float:
@@ -406,7 +398,3 @@ class CommandRouter:
         if pending.held:
             pending.held = False
             self._held -= 1
-
-
-def _ms(moment: datetime.datetime) -> int:
-    return int(moment.timestamp() * 1000)

@@ -30,7 +30,7 @@ import attrs
 import trio
 
 from edge.peers.session import Session
-from edge.presence import Holder, PresenceView, next_epoch
+from edge.presence import Holder, PresenceView, epoch_ms, next_epoch
 from edge.records import DisconnectReason
 
 #: Peers the view of a registry built without one (tests) remembers.
@@ -39,11 +39,6 @@ DEFAULT_PRESENCE_ENTRIES = 100_000
 
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def epoch_ms(moment: datetime.datetime) -> int:
-    """Wall-clock milliseconds since the Unix epoch: the unit of epochs and presence times."""
-    return int(moment.timestamp() * 1000)
 
 
 class PeerLimitReached(Exception):
