@@ -35,6 +35,8 @@ from aiokafka.errors import KafkaError
 
 from edge.config import Settings
 from edge.handoff import PeerDirectory
+from edge.kafka.aio import Progress
+from edge.kafka.consumer import WATCH_INTERVAL_SEC, stalled_partitions
 from edge.ops.readiness import KafkaState
 from edge.presence import presence_entry
 
@@ -107,6 +109,12 @@ class AioPresenceReader:
         positions = {tp: await self._consumer.position(tp) for tp in self._consumer.assignment()}
         return PresenceBatch(records, positions)
 
+    async def progress(self) -> Progress:
+        """Fetch positions and end offsets (one ListOffsets request), for the stall watch."""
+        assignment = sorted(self._consumer.assignment())
+        ends = await self._consumer.end_offsets(assignment)
+        return Progress({tp: await self._consumer.position(tp) for tp in assignment}, ends)
+
     async def stop(self) -> None:
         await self._consumer.stop()
 
@@ -163,9 +171,17 @@ async def serve_presence(
             with trio.fail_after(timeout):
                 ends = await trio_asyncio.aio_as_trio(reader.start)()
             log.info("presence_reading", partitions=len(ends), records_to_catch_up=sum(ends.values()))
+            watched, before = trio.current_time(), dict[TopicPartition, int]()
             while True:
                 with trio.fail_after(timeout + POLL_WAIT_MS / 1000):
                     batch = await trio_asyncio.aio_as_trio(reader.poll)()
+                if trio.current_time() - watched >= WATCH_INTERVAL_SEC:
+                    # docs/design.md#aiokafka-silent-stall: records waiting and no progress: start again.
+                    with trio.fail_after(timeout):
+                        progress = await trio_asyncio.aio_as_trio(reader.progress)()
+                    if stalled := stalled_partitions(before, progress):
+                        raise KafkaError(f"presence reader stalled on {[str(tp) for tp in stalled]}")
+                    watched, before = trio.current_time(), dict(progress.positions)
                 apply_records(batch.records, directory, settings.edge_id)
                 delay = RECONNECT_INITIAL_DELAY
                 if not state.presence_caught_up and caught_up(batch.positions, ends):
