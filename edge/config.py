@@ -159,7 +159,7 @@ class Settings:
         "PEER_UNREGISTERED_BUFFER_BYTES",
         64 * 1024 * 1024,
         "a whole number of bytes, at least GRPC_MAX_MESSAGE_BYTES",
-        _positive,
+        rule.positive,
     )
 
     # Kafka
