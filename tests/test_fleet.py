@@ -144,6 +144,7 @@ async def test_an_edge_restarted_with_a_clock_behind_still_numbers_higher_epochs
     assert connected == set(epochs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["per_edge", "shared"])
 async def test_an_edge_restarting_or_dying_does_not_pause_commands_on_another(
     kafka_bootstrap: str,
