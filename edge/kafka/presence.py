@@ -21,8 +21,9 @@ there (docs/scaling.md#takeover for the figure).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -101,7 +102,7 @@ class AioPresenceReader:
             return dict(ends)
         finally:
             if not started:
-                await self._consumer.stop()
+                await self.stop()
 
     async def poll(self) -> PresenceBatch:
         found = await self._consumer.getmany(timeout_ms=POLL_WAIT_MS, max_records=MAX_POLL_RECORDS)
@@ -116,7 +117,18 @@ class AioPresenceReader:
         return Progress({tp: await self._consumer.position(tp) for tp in assignment}, ends)
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        """Close the consumer. aiokafka's close cancels a fetch that is in its retry backoff (the broker
+        away) and awaits it, which raises that fetch's CancelledError here: not ours to propagate
+        unless this crossing itself is cancelled."""
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("kafka_client_close_failed", client="presence", error="a fetch was cancelled while closing")
+        except Exception as error:  # noqa: BLE001 - closing: report and go on
+            log.warning("kafka_client_close_failed", client="presence", error=repr(error))
 
 
 def caught_up(positions: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]) -> bool:
@@ -151,6 +163,20 @@ def _decode(value: bytes | None) -> Mapping[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+class PresenceReadFailed(Exception):
+    """A call into aiokafka failed or passed its Trio deadline; `__cause__` is the original error."""
+
+
+async def _kafka(timeout: float, fn: Callable[[], Awaitable[Any]]) -> Any:
+    """`fn()` on the asyncio side under a Trio deadline; whatever it raises (an Exception: the broker
+    away, a timeout, a client error) as PresenceReadFailed. Bugs elsewhere in the reader still end it."""
+    try:
+        with trio.fail_after(timeout):
+            return await trio_asyncio.aio_as_trio(fn)()
+    except Exception as error:  # the reader's Kafka I/O edge: translated, the cause kept
+        raise PresenceReadFailed(f"{type(error).__name__}: {error}"[:300]) from error
+
+
 async def serve_presence(
     settings: Settings,
     directory: PeerDirectory,
@@ -168,30 +194,26 @@ async def serve_presence(
     while True:
         reader = AioPresenceReader(settings)
         try:
-            with trio.fail_after(timeout):
-                ends = await trio_asyncio.aio_as_trio(reader.start)()
+            ends = await _kafka(timeout, reader.start)
             log.info("presence_reading", partitions=len(ends), records_to_catch_up=sum(ends.values()))
             watched, before = trio.current_time(), dict[TopicPartition, int]()
             while True:
-                with trio.fail_after(timeout + POLL_WAIT_MS / 1000):
-                    batch = await trio_asyncio.aio_as_trio(reader.poll)()
+                batch = await _kafka(timeout + POLL_WAIT_MS / 1000, reader.poll)
                 if trio.current_time() - watched >= WATCH_INTERVAL_SEC:
                     # docs/design.md#aiokafka-silent-stall: records waiting and no progress: start again.
-                    with trio.fail_after(timeout):
-                        progress = await trio_asyncio.aio_as_trio(reader.progress)()
+                    progress = await _kafka(timeout, reader.progress)
                     if stalled := stalled_partitions(before, progress):
-                        raise KafkaError(f"presence reader stalled on {[str(tp) for tp in stalled]}")
+                        raise PresenceReadFailed(f"no progress on {[str(tp) for tp in stalled]}")
                     watched, before = trio.current_time(), dict(progress.positions)
                 apply_records(batch.records, directory, settings.edge_id)
                 delay = RECONNECT_INITIAL_DELAY
                 if not state.presence_caught_up and caught_up(batch.positions, ends):
                     state.set_presence_caught_up()
                     log.info("presence_caught_up", peers=len(directory.presence))
-        except (KafkaError, OSError, trio.TooSlowError) as error:
-            log.warning("presence_reader_failed", error=f"{type(error).__name__}: {error}"[:300], retry_in=delay)
+        except PresenceReadFailed as error:
+            log.warning("presence_reader_failed", error=str(error), retry_in=delay)
         finally:
             with trio.move_on_after(settings.shutdown_timeout_sec, shield=True):
                 await trio_asyncio.aio_as_trio(reader.stop)()
         await trio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_DELAY)
-
