@@ -64,6 +64,11 @@ def required_topics(settings: Settings) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    """Configs of a topic the edge creates: the presence topic is compacted (one record per peer)."""
+    return {"cleanup.policy": "compact"} if name == settings.kafka_peer_presence_topic else {}
+
+
 def missing_topics(existing: Iterable[str], required: Iterable[str]) -> list[str]:
     present = set(existing)
     return [name for name in required if name not in present]
@@ -98,7 +103,12 @@ async def _aio_ensure_topics(settings: Settings) -> tuple[list[str], int]:
         if replicas == 0:
             replicas = replication_factor(0, len((await admin.describe_cluster())["brokers"]))
         topics = [
-            NewTopic(name, num_partitions=settings.kafka_topic_partitions, replication_factor=replicas)
+            NewTopic(
+                name,
+                num_partitions=settings.kafka_topic_partitions,
+                replication_factor=replicas,
+                topic_configs=topic_configs(settings, name),
+            )
             for name in missing
         ]
         try:

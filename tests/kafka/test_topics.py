@@ -18,7 +18,7 @@ def test_required_topics_cover_everything_the_edge_reads_and_writes(tls_files):
     settings = edge_settings("e7", "k:9092", tls_files, True)
     names = required_topics(settings)
     assert names[0] == "edge-commands-e7" and "edge-commands-e7.deadletter" in names
-    assert set(settings.produced_topics()) <= set(names) and len(names) == len(set(names)) == 8
+    assert set(settings.produced_topics()) <= set(names) and len(names) == len(set(names)) == 9
     assert missing_topics(["edge-commands-e7", "other"], ["edge-commands-e7", "e7-lifecycle"]) == ["e7-lifecycle"]
 
 
