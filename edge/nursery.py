@@ -3,6 +3,8 @@
 Task tree of `serve`; nesting is shutdown order, innermost first:
 
     serve                              trio-asyncio loop, event channel, registry
+      serve_ops_http                   (edge.ops.http) /healthz, /readyz, /metrics; outlives the drain
+      serve_refusal_summaries          (edge.grpc.refusals) one log line per interval of refusals
       serve_kafka_bridge               (edge.kafka) producer, command consumer and router; outlives
                                        the peer side; holds a clone of the event channel's send end
                                        for dead letters
@@ -35,7 +37,9 @@ import trio
 import trio_asyncio
 
 from edge.config import Address, Settings
+from edge.grpc.refusals import serve_refusal_summaries
 from edge.kafka.bridge import serve_kafka_bridge
+from edge.ops.fd_limit import raise_open_files_limit
 from edge.ops.http import serve_ops_http
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
@@ -134,6 +138,8 @@ async def serve(
                     await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
                 except OSError as error:
                     raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
+            # Refusals on either port: one summary line per interval; the last one as the edge stops.
+            await outer.start(_serve_refusal_summaries_in, ops_scope, runtime)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
@@ -164,6 +170,13 @@ async def _serve_ops_http_in(
         await serve_ops_http(address, runtime, task_status=task_status)
 
 
+async def _serve_refusal_summaries_in(
+    scope: trio.CancelScope, runtime: EdgeRuntime, *, task_status: trio.TaskStatus[None]
+) -> None:
+    with scope:
+        await serve_refusal_summaries(runtime.refusals, task_status=task_status)
+
+
 async def _drain_started(ops_scope: trio.CancelScope, settings: Settings) -> None:
     """Waits for the edge's cancellation; then bounds what must outlive it (the ops endpoint)."""
     try:
@@ -175,6 +188,7 @@ async def _drain_started(ops_scope: trio.CancelScope, settings: Settings) -> Non
 
 async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafka_port: int = 0) -> None:
     """The `python -m edge run` process: the edge, signals, and optionally an embedded broker."""
+    raise_open_files_limit(settings.grpc_max_connections)  # a process-wide limit: the process's to raise
     async with trio.open_nursery() as outer:
         if embedded_kafka:
             from edge.embedded_kafka import serve_embedded_kafka

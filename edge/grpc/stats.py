@@ -8,6 +8,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from edge.grpc.refusals import RefusalTally
+
 
 @attrs.define(eq=False)
 class GrpcServerStats:
@@ -33,6 +35,8 @@ class GrpcServerStats:
     inbound_buffered_bytes: int = 0
     #: The most any single stream has held at once.
     max_stream_buffered_bytes: int = 0
+    #: Connections refused or closed by a limit, by cause (may be shared with the ops HTTP port).
+    refusals: RefusalTally = attrs.field(factory=RefusalTally)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
     def notify(self) -> None:

@@ -79,6 +79,8 @@ class StreamTasks:
         self._peer_certificate = peer_certificate
         self._streams: dict[int, ServerStream] = {}
         self._changed = trio.Event()
+        #: Since when (Trio time) no stream has been open; None while one is.
+        self.idle_since: float | None = trio.current_time()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -109,6 +111,8 @@ class StreamTasks:
             deadline=deadline,
         )
         self._streams[request.stream_id] = stream
+        self.idle_since = None
+        self._wake_watchers()
         self._stats.streams_started += 1
         self._stats.streams_open += 1
         self._stats.notify()
@@ -127,6 +131,19 @@ class StreamTasks:
     def wake_all_senders(self) -> None:
         for stream in self._streams.values():
             stream.wake_output()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Return once no stream has been open for `timeout` seconds (counted from `idle_since`)."""
+        while True:
+            idle_since = self.idle_since
+            with trio.move_on_at(math.inf if idle_since is None else idle_since + timeout):
+                await self._changed.wait()
+                continue
+            return
+
+    def _wake_watchers(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def wait_all_finished(self, timeout: float) -> None:
         """Let the handlers end their streams by themselves, for at most `timeout` seconds."""
@@ -225,8 +242,9 @@ class StreamTasks:
                 self._stats.streams_reset += 1
             stream_log.debug("grpc_stream_gone", reason=str(termination))
         stream.mark_finished()
-        self._changed.set()
-        self._changed = trio.Event()
+        if not self._streams:
+            self.idle_since = trio.current_time()
+        self._wake_watchers()
         self._stats.streams_open -= 1
         self._host.report_buffered()
         self._stats.notify()
