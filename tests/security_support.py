@@ -34,6 +34,8 @@ class RunningPeers:
     registry: PeerRegistry
     admission: Admission
     received: list[Received]
+    #: The edge's metrics, transport counters and refusal tally.
+    runtime: EdgeRuntime
     #: Records taken so far, by key (cheap to check on every record, unlike scanning `received`).
     counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     _changed: trio.Event = attrs.field(factory=trio.Event)
@@ -79,6 +81,7 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
 
         nursery.start_soon(drain)  # ends when serve_peers closes the channel, after the last `disconnected`
         peer_scope = trio.CancelScope()
+        runtime = EdgeRuntime.create(settings.edge_id)
 
         async def serve(task_status: trio.TaskStatus[int]) -> None:
             with peer_scope:
@@ -87,13 +90,13 @@ async def running_peers(settings: Settings, now: Callable[[], datetime.datetime]
                     send,
                     registry,
                     now,
-                    runtime=EdgeRuntime.create(settings.edge_id),
+                    runtime=runtime,
                     admission=admission,
                     task_status=task_status,
                 )
 
         port = await nursery.start(serve)
-        running = RunningPeers(port=port, registry=registry, admission=admission, received=received)
+        running = RunningPeers(port=port, registry=registry, admission=admission, received=received, runtime=runtime)
         try:
             yield running
         finally:
