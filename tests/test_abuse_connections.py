@@ -244,3 +244,35 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit_and_logged():
         assert (line["before"], line["after"]) == (before, after)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# ------------------------------------------------------------------------------- unregistered streams
+
+
+async def test_addresses_holding_streams_that_never_register_cannot_lock_new_peers_out(tls_files):
+    """25 addresses x 60 streams that never send their registration (1,500 for MAX_UNREGISTERED_STREAMS
+    1,000): no address holds more than its share once shares shrink, the cap is never exceeded, and a
+    peer from a 26th address registers at once (it displaces the oldest stream of the address holding
+    most, which ends with RESOURCE_EXHAUSTED)."""
+    settings = tls_settings(
+        tls_files, peer_registration_rate_per_address=0, peer_handshake_timeout_sec=300.0, grpc_max_concurrent_streams=100
+    )
+    async with running_peers(settings) as edge, trio.open_nursery() as nursery:
+        attackers = []
+        for index in range(25):
+            client = await h2_over_tls(edge.port, f"127.0.0.{index + 2}", tls_files)
+            nursery.start_soon(client.run)
+            for _ in range(60):
+                client.open_call(CONNECT_PATH)
+            await client.flush()
+            attackers.append(client)
+        unregistered = edge.admission.unregistered
+        await edge.wait_for(lambda: edge.runtime.grpc_stats.streams_started >= 1500)
+        await trio.testing.wait_all_tasks_blocked()
+        assert unregistered.count <= settings.max_unregistered_streams
+        assert await register_through_relay(edge.port, "127.0.0.100", tls_files, "peer-good")
+        assert unregistered.count <= settings.max_unregistered_streams
+        refused = sum(1 for client in attackers for headers in client.headers.values() for block in headers
+                      if block.get("grpc-status") == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]))
+        assert refused >= 1500 - settings.max_unregistered_streams
+        nursery.cancel_scope.cancel()
