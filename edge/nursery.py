@@ -139,7 +139,8 @@ async def serve(
                 except OSError as error:
                     raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
             # Refusals on either port: one summary line per interval; the last one as the edge stops.
-            await outer.start(_serve_refusal_summaries_in, ops_scope, runtime)
+            summaries_scope = trio.CancelScope()
+            await outer.start(_serve_refusal_summaries_in, summaries_scope, runtime)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
@@ -160,6 +161,7 @@ async def serve(
                     task_status.started(port)
             finally:
                 ops_scope.cancel()
+                summaries_scope.cancel()
     log.info("edge_stopped", edge_id=settings.edge_id)
 
 
