@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import resource
 import ssl
@@ -86,8 +87,21 @@ class Attack:
                 self.counts[f"ended: {type(error).__name__}"] += 1
                 await trio.sleep(0.05)
 
-    async def drain(self, stream: trio.abc.Stream, connection: h2.connection.H2Connection | None = None) -> None:
-        """Read until EOF; feed h2 when given (so WINDOW_UPDATEs count)."""
+    async def h2_session(
+        self, source: str, act: Callable[[trio.SSLStream, h2.connection.H2Connection], Awaitable[None]]
+    ) -> None:
+        """TLS and the preface from `source`, then `act(stream, connection)` beside a reader that feeds h2
+        (the reader never writes: `act` sends h2's acknowledgements with its own bytes); closed after."""
+        stream, connection = await self.h2(source)
+        async with stream, trio.open_nursery() as inner:
+            inner.start_soon(self.drain, stream, connection, False)
+            await act(stream, connection)
+            inner.cancel_scope.cancel()
+
+    async def drain(
+        self, stream: trio.abc.Stream, connection: h2.connection.H2Connection | None = None, reply: bool = True
+    ) -> None:
+        """Read until EOF; feed h2 when given (so WINDOW_UPDATEs count), and send its replies if `reply`."""
         while data := await stream.receive_some(65536):
             self.counts["bytes_read"] += len(data)
             if connection is not None:
@@ -100,7 +114,7 @@ class Attack:
                         status = dict(event.headers).get("grpc-status")
                         if status is not None:
                             self.counts[f"grpc-status {status}"] += 1
-                pending = connection.data_to_send()
+                pending = connection.data_to_send() if reply else b""
                 if pending:
                     await stream.send_all(pending)
         self.counts["closed_by_edge"] += 1
@@ -135,23 +149,17 @@ async def idle_conns(a: Attack, nursery: trio.Nursery, _http_port: int | None) -
 
 
 async def unregistered(a: Attack, nursery: trio.Nursery, _http_port: int | None) -> None:
+    async def act(stream: trio.SSLStream, connection: h2.connection.H2Connection) -> None:
+        while not a.over():
+            open_now = sum(1 for s in connection.streams.values() if not s.closed)
+            for _ in range(60 - open_now):
+                connection.send_headers(connection.get_next_available_stream_id(), wire.REQUEST_HEADERS)
+                a.counts["streams_opened"] += 1
+            await stream.send_all(connection.data_to_send())
+            await trio.sleep(0.2)
+
     for source in sources(25):
-
-        async def one(source: str = source) -> None:
-            stream, connection = await a.h2(source)
-            async with stream:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(a.drain, stream, connection)
-                    while not a.over():
-                        open_now = sum(1 for s in connection.streams.values() if not s.closed)
-                        for _ in range(60 - open_now):
-                            connection.send_headers(connection.get_next_available_stream_id(), wire.REQUEST_HEADERS)
-                            a.counts["streams_opened"] += 1
-                        await stream.send_all(connection.data_to_send())
-                        await trio.sleep(0.2)
-                    inner.cancel_scope.cancel()
-
-        nursery.start_soon(a.repeat, one)
+        nursery.start_soon(a.repeat, functools.partial(a.h2_session, source, act))
 
 
 async def slowloris_health(a: Attack, nursery: trio.Nursery, http_port: int | None) -> None:
@@ -174,35 +182,29 @@ async def slowloris_health(a: Attack, nursery: trio.Nursery, http_port: int | No
 
 async def partial_message(a: Attack, nursery: trio.Nursery, _http_port: int | None) -> None:
     body = b"\x00" + (4 * 1024 * 1024).to_bytes(4, "big") + b"x" * (4 * 1024 * 1024 - 1)  # one byte short
+
+    async def act(stream: trio.SSLStream, connection: h2.connection.H2Connection) -> None:
+        sent: dict[int, int] = {}
+        for _ in range(50):
+            stream_id = connection.get_next_available_stream_id()
+            connection.send_headers(stream_id, wire.REQUEST_HEADERS)
+            sent[stream_id] = 0
+        while not a.over():
+            for stream_id, done in sent.items():
+                try:
+                    room = min(connection.local_flow_control_window(stream_id), len(body) - done,
+                               connection.max_outbound_frame_size)
+                except h2.exceptions.StreamClosedError:
+                    continue
+                if room > 0:
+                    connection.send_data(stream_id, body[done : done + room])
+                    sent[stream_id] += room
+                    a.counts["bytes_sent"] += room
+            await stream.send_all(connection.data_to_send())
+            await trio.sleep(0.05)
+
     for source in sources(4):
-
-        async def one(source: str = source) -> None:
-            stream, connection = await a.h2(source)
-            async with stream:
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(a.drain, stream, connection)
-                    ids = []
-                    for _ in range(50):
-                        stream_id = connection.get_next_available_stream_id()
-                        connection.send_headers(stream_id, wire.REQUEST_HEADERS)
-                        ids.append(stream_id)
-                    sent = dict.fromkeys(ids, 0)
-                    while not a.over():
-                        for stream_id in ids:
-                            try:
-                                room = min(connection.local_flow_control_window(stream_id), len(body) - sent[stream_id],
-                                           connection.max_outbound_frame_size)
-                            except h2.exceptions.StreamClosedError:
-                                continue
-                            if room > 0:
-                                connection.send_data(stream_id, body[sent[stream_id] : sent[stream_id] + room])
-                                sent[stream_id] += room
-                                a.counts["bytes_sent"] += room
-                        await stream.send_all(connection.data_to_send())
-                        await trio.sleep(0.05)
-                    inner.cancel_scope.cancel()
-
-        nursery.start_soon(a.repeat, one)
+        nursery.start_soon(a.repeat, functools.partial(a.h2_session, source, act))
 
 
 async def big_frame(a: Attack, nursery: trio.Nursery, _http_port: int | None) -> None:

@@ -83,6 +83,17 @@ async def test_healthz_answers_through_slowloris_from_many_addresses_and_its_own
     assert summary["event"] == "refusals_summary" and summary["by_cause"][HTTP_EVICTED] >= SLOWLORIS - MAX_TOTAL
 
 
+async def answered_once(nursery: trio.Nursery, runtime: EdgeRuntime, slots: ConnectionSlots) -> trio.abc.Stream:
+    """A connection over a memory stream pair that has had one /healthz answered; its client end."""
+    server, client = trio.testing.memory_stream_pair()
+    nursery.start_soon(lambda: serve_ops_http_connection(server, runtime=runtime, slots=slots, remote_address=("10.0.0.1", 2)))
+    await client.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while not reply.endswith(b"ok\n"):
+        reply += await client.receive_some()
+    return client
+
+
 async def test_head_deadline_and_keepalive_wait(autojump_clock):
     """A new connection owes its head within HEAD_TIMEOUT (counted as http_head_timeout); a kept-alive
     one may wait KEEPALIVE_TIMEOUT for its next request's first byte (not counted), and from that byte
@@ -100,12 +111,7 @@ async def test_head_deadline_and_keepalive_wait(autojump_clock):
         assert runtime.refusals.totals[HTTP_HEAD_TIMEOUT] == 1 and len(slots) == 0
 
         # 2: one request answered, a keep-alive wait, then a head that stalls after its first bytes.
-        server, client = trio.testing.memory_stream_pair()
-        nursery.start_soon(lambda: serve_ops_http_connection(server, runtime=runtime, slots=slots, remote_address=("10.0.0.1", 2)))
-        await client.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while not reply.endswith(b"ok\n"):
-            reply += await client.receive_some()
+        client = await answered_once(nursery, runtime, slots)
         await trio.sleep(KEEPALIVE_TIMEOUT - 1)
         sent = trio.current_time()
         await client.send_all(b"GET /he")
@@ -114,12 +120,7 @@ async def test_head_deadline_and_keepalive_wait(autojump_clock):
         assert runtime.refusals.totals[HTTP_HEAD_TIMEOUT] == 2
 
         # 3: a kept-alive connection that says nothing more is closed at KEEPALIVE_TIMEOUT, not counted.
-        server, client = trio.testing.memory_stream_pair()
-        nursery.start_soon(lambda: serve_ops_http_connection(server, runtime=runtime, slots=slots, remote_address=("10.0.0.1", 3)))
-        await client.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while not reply.endswith(b"ok\n"):
-            reply += await client.receive_some()
+        client = await answered_once(nursery, runtime, slots)
         answered = trio.current_time()
         assert await client.receive_some() == b""
         assert trio.current_time() - answered == KEEPALIVE_TIMEOUT
