@@ -178,8 +178,11 @@ async def _vector(b: Bench, edge: Any, topics: Any, peers: list[wire.Peer], vect
 
 
 async def abuse(b: Bench, _p: Any, ap: AbuseParams = AbuseParams()) -> dict[str, Any]:
+    # The default limits, except: no peer authentication (the load peers have no tokens), and an idle
+    # timeout within a shortened attack (GRPC_IDLE_TIMEOUT_SEC 30 s by default).
     edge, topics = await b.start_edge("abuse", peer_auth_mode="none", health_http_address="127.0.0.1:0",
-                                      heartbeat_interval_sec=300, peer_timeout_sec=3600)
+                                      heartbeat_interval_sec=300, peer_timeout_sec=3600,
+                                      grpc_idle_timeout_sec=min(30.0, ap.vector_sec / 2))
     ssl_context = wire.client_ssl_context(str(b.certs / "ca.crt"))
     steps = []
     try:

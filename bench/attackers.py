@@ -83,9 +83,9 @@ class Attack:
         while not self.over():
             try:
                 await one()
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.H2Error) as error:
-                self.counts[f"ended: {type(error).__name__}"] += 1
-                await trio.sleep(0.05)
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.H2Error) as group:
+                self.counts[f"ended: {type(group.exceptions[0]).__name__}"] += 1
+            await trio.sleep(0.05)
 
     async def h2_session(
         self, source: str, act: Callable[[trio.SSLStream, h2.connection.H2Connection], Awaitable[None]]
