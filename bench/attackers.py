@@ -25,7 +25,6 @@ import collections
 import functools
 import json
 import resource
-import ssl
 import struct
 import sys
 import time
@@ -40,7 +39,6 @@ import h2.exceptions
 import trio
 
 from bench import wire
-from edge.proto import CONNECT_PATH
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: Frame types and flags used by hand (RFC 9113 section 6).

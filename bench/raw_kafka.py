@@ -99,7 +99,10 @@ class Runner:
     async def sleep_until(self, at: float) -> None:
         delay = at - time.monotonic()
         if delay > 0:
-            await (trio.sleep(delay) if self.loop == "trio" else asyncio.sleep(delay))
+            if self.loop == "trio":
+                await trio.sleep(delay)
+            else:
+                await asyncio.sleep(delay)
 
 
 async def produce(run: Runner, bootstrap: str, topic: str, records: int, rate: float, seconds: float) -> dict[str, Any]:

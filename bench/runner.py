@@ -22,7 +22,7 @@ from bench.control import Child
 from bench.edgeproc import EdgeProcess
 from bench.kafka import BenchKafka
 from bench.machine import CpuPlan
-from tests.kafka.broker import JVM_OPTIONS, KafkaBroker
+from testing.kafka.broker import JVM_OPTIONS, KafkaBroker
 
 #: The test broker runs the C1 compiler only, to start quickly; a benchmark wants the full JIT.
 BENCH_JVM_OPTIONS = tuple(o for o in JVM_OPTIONS if not o.startswith(("-XX:TieredStopAtLevel", "-Xmx"))) + ("-Xmx1g",)
@@ -123,7 +123,7 @@ class Load:
         replies = await self.each(
             "connect",
             [dict(prefix=prefix, start=s, count=c, catalog=catalog, concurrency=max(1, concurrency // n),
-                  heartbeat_sec=heartbeat_sec) for s, c in zip(starts, shares)],
+                  heartbeat_sec=heartbeat_sec) for s, c in zip(starts, shares, strict=True)],
         )
         errors: dict[str, int] = {}
         for reply in replies:

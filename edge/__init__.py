@@ -3,16 +3,19 @@
 Embedding:
 
     settings = edge.load_settings(os.environ)
-    port = await nursery.start(edge.serve, settings)
+    started = await nursery.start(edge.serve, settings)  # an edge.Started, once peers can connect
+    started.grpc_port     # the bound ports (with port 0 in the settings); started.http_port is None
+    started.http_port     #   when HEALTH_HTTP_ADDRESS is off
+    started.runtime       # metrics, readiness, transport counters
+    started.registry      # the live peer sessions
 
-    runtime = edge.EdgeRuntime.create(settings.edge_id)      # to read metrics, readiness, ports
-    port = await nursery.start(functools.partial(edge.serve, runtime=runtime), settings)
+Cancel the nursery to stop the edge (it drains first).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _package_version
 
 from edge.config import ConfigError, Settings, load_settings
-from edge.nursery import serve
+from edge.nursery import Started, serve
 from edge.ops.runtime import EdgeRuntime
 
 try:
@@ -20,4 +23,4 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["ConfigError", "EdgeRuntime", "Settings", "__version__", "load_settings", "serve"]
+__all__ = ["ConfigError", "EdgeRuntime", "Settings", "Started", "__version__", "load_settings", "serve"]

@@ -27,7 +27,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import structlog
@@ -35,6 +35,9 @@ import trio
 
 from edge.config import ConfigError, Settings, env_variables, load_settings, validate_peer_id
 from edge.logs import configure_logging
+
+if TYPE_CHECKING:
+    from edge.nursery import StartupRefused
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +190,7 @@ without a consumer group: it never commits and never disturbs the edge's own con
 """
 
 
-def _add_peer_sim(commands: argparse._SubParsersAction) -> None:
+def _add_peer_sim(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = commands.add_parser(
         "peer-sim",
         help="run simulated peers against an edge",
@@ -227,7 +230,7 @@ def _add_peer_sim(commands: argparse._SubParsersAction) -> None:
     sim.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
-def _add_send_command(commands: argparse._SubParsersAction) -> None:
+def _add_send_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     send = commands.add_parser(
         "send-command",
         help="put a command on an edge's command topic",
@@ -247,7 +250,7 @@ def _add_send_command(commands: argparse._SubParsersAction) -> None:
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for Kafka's ack (default: 30)")
 
 
-def _add_tail(commands: argparse._SubParsersAction) -> None:
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tail = commands.add_parser(
         "tail",
         help="follow the edge's Kafka topics",

@@ -16,7 +16,9 @@ import attrs
 import cattrs
 
 from edge import config_rules as rule
-from edge.config_rules import MAX_RECORD_BYTES, MIN_RECORD_BYTES, Address, ConfigError
+from edge.config_rules import MAX_RECORD_BYTES, MIN_RECORD_BYTES
+from edge.config_rules import Address as Address  # re-exported: edge.config is where callers find them
+from edge.config_rules import ConfigError as ConfigError
 from edge.convert import make_env_converter
 
 PEER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
@@ -285,10 +287,11 @@ class Settings:
 
 
 def _accepts(field_name: str) -> str:
-    return attrs.fields_dict(Settings)[field_name].metadata["accepts"]
+    accepts: str = attrs.fields_dict(Settings)[field_name].metadata["accepts"]
+    return accepts
 
 
-def env_variables() -> dict[str, attrs.Attribute]:
+def env_variables() -> dict[str, attrs.Attribute[Any]]:
     """Variable name -> Settings field, in declaration order."""
     return {field.metadata["env"]: field for field in attrs.fields(Settings)}
 
@@ -349,7 +352,7 @@ def _first_failing_field(group: cattrs.ClassValidationError) -> str:
     for exc in group.exceptions:
         for note in getattr(exc, "__notes__", ()):
             name = getattr(note, "name", None)
-            if name is not None:
+            if isinstance(name, str):
                 return name
     # A validator in attrs' __init__ raised: cattrs wraps it without a per-field note.
     for exc in group.exceptions:

@@ -26,60 +26,60 @@ class ConfigError(Exception):
         super().__init__(f"{variable}: expected {accepts}{shown}")
 
 
-def invalid(attribute: attrs.Attribute, value: object) -> ConfigError:
+def invalid(attribute: attrs.Attribute[Any], value: object) -> ConfigError:
     return ConfigError(attribute.metadata["env"], attribute.metadata["accepts"], value)
 
 
-def positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise invalid(attribute, value)
 
 
-def non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value < 0:
         raise invalid(attribute, value)
 
 
-def port_range(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def port_range(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise invalid(attribute, value)
 
 
-def pattern(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def pattern(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value.count("{}") != 1:
         raise invalid(attribute, value)
 
 
-def topic_name(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def topic_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     probe = value.replace("{}", "x")
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,249}", probe):
         raise invalid(attribute, value)
 
 
 def one_of(*choices: str) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in choices:
             raise invalid(attribute, value)
 
     return check
 
 
-def edge_id(_inst: object, attribute: attrs.Attribute, value: str) -> None:
+def edge_id(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
         raise invalid(attribute, value)
 
 
-def session_timeout(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def session_timeout(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 1 <= value <= 300:
         raise invalid(attribute, value)
 
 
-def record_bytes(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def record_bytes(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not MIN_RECORD_BYTES <= value <= MAX_RECORD_BYTES:
         raise invalid(attribute, value)
 
 
-def fraction(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 <= value <= 1:
         raise invalid(attribute, value)
 

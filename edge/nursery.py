@@ -15,8 +15,8 @@ Cancelling the scope around `serve` ends every session with reason `shutdown`; e
 `disconnected` event, the peer side then closes its end of the event channel, the command consumer
 commits what is settled and closes its end, and the producer, which keeps draining the channel
 under a shielded deadline until every end is closed, produces them before its Kafka client closes. A Trio program
-embeds the edge with `port = await nursery.start(edge.serve, settings)` and stops it by cancelling
-that nursery.
+embeds the edge with `started = await nursery.start(edge.serve, settings)` (a `Started`: the bound
+ports, the runtime, the registry) and stops it by cancelling that nursery.
 
 `run` adds what only a process has: signal handling and, for a fresh machine, an embedded broker,
 which it nests outside the edge so the broker outlives the final flush.
@@ -94,10 +94,25 @@ def log_asyncio_exception(loop: asyncio.AbstractEventLoop, context: dict[str, An
     log.error("asyncio_unhandled", message=context.get("message"), error=repr(error) if error else None)
 
 
+@attrs.frozen
+class Started:
+    """What `serve` reports through `task_status` once peers can connect.
+
+    `grpc_port` and `http_port` are the ports actually bound (useful with port 0; `http_port` is None
+    when HEALTH_HTTP_ADDRESS is off); `runtime` holds the metrics, readiness and transport counters;
+    `registry` the live peer sessions.
+    """
+
+    grpc_port: int
+    http_port: int | None
+    runtime: EdgeRuntime
+    registry: PeerRegistry
+
+
 #: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
-#: tests under MockClock, RISKS 13): it receives the event channel's receive end and a clone of its
-#: send end (for dead letters; it must close it), the peer registry, the KafkaState to report its
-#: connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
+#: tests under MockClock, docs/design.md#mock-clock-real-io): it receives the event channel's receive end and
+#: a clone of its send end (for dead letters; it must close it), the peer registry, the KafkaState to report
+#: its connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
 Bridge = Callable[..., Awaitable[None]]
 
 
@@ -109,9 +124,9 @@ async def serve(
     kafka_state: KafkaState | None = None,
     bridge: Bridge = serve_kafka_bridge,
     raise_open_files: bool = False,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the edge until cancelled. Reports the bound gRPC port through `task_status`.
+    """Run the edge until cancelled. Reports a `Started` through `task_status` once peers can connect.
 
     `runtime` (made here if not given) holds the metrics, the readiness state and the bound ports; pass
     one to read them from outside. `kafka_state`, if given, is the one the bridge keeps up to date
@@ -165,7 +180,7 @@ async def serve(
                     except* OSError as group:  # before `started`, only binding the port does I/O
                         raise _refused("GRPC_SERVER_ADDRESS", settings.grpc_server_address, group) from None
                     log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
-                    task_status.started(port)
+                    task_status.started(Started(port, runtime.http_port, runtime, registry))
             finally:
                 ops_scope.cancel()
                 upkeep_scope.cancel()

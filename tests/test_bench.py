@@ -14,7 +14,7 @@ from bench.report import Figure, at_least, at_most, table
 from edge.grpc import GrpcServerConfig, ServerStream, StreamError
 from edge.grpc.tls import server_ssl_context
 from edge.proto import CONNECT_PATH, pb
-from tests.grpc.support import running_server
+from testing.harness import running_server
 
 
 def test_percentile_is_nearest_rank():

@@ -1,4 +1,5 @@
-"""Settings: every variable of SPEC section 4 parsed from the environment, seed defaults, precise errors."""
+"""Settings: every variable of docs/protocol.md#configuration (table: docs/operations.md#settings) parsed from
+the environment, seed defaults, precise errors."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ SEED_DEFAULTS = {
     "RETRY_INITIAL_DELAY_MS": 100,
     "RETRY_MAX_DELAY_MS": 1000,
     "RETRY_JITTER_FACTOR": 0.1,
-    # SPEC additions
+    # added to the seed's variables (docs/protocol.md#configuration)
     "MAX_PEERS": 10000,
     "GRPC_MAX_MESSAGE_BYTES": 4 * 1024 * 1024,
     "SCREENSHOT_MAX_BYTES": 512 * 1024,

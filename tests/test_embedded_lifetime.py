@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from edge.peers.tokens import mint_token, parse_hmac_secrets
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records
-from tests.process import BASE_ENV, EdgeProcess
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records
+from testing.process import BASE_ENV, EdgeProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

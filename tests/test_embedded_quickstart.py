@@ -15,9 +15,9 @@ import grpc
 import pytest
 import trio
 
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records
-from tests.process import BASE_ENV, EdgeProcess
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records
+from testing.process import BASE_ENV, EdgeProcess
 
 pytestmark = pytest.mark.kafka
 

@@ -19,7 +19,7 @@ def test_generated_code_is_current():
 
 
 def test_field_numbers_follow_the_published_schema():
-    """SPEC section 2: numbers 2-7 are those of peer_edge v0.1; heartbeat is 8."""
+    """docs/protocol.md#messages: numbers 2-7 are those of peer_edge v0.1; heartbeat is 8."""
     peer = {f.name: f.number for f in pb.PeerMessage.DESCRIPTOR.fields}
     assert peer == {
         "request_id": 1,

@@ -17,8 +17,9 @@ import structlog
 import trio
 from aiokafka.errors import KafkaError
 
+from edge import broker_probe as bp
 from edge import embedded_kafka as ek
-from tests.kafka.client import NotEnoughRecords, consume_records, create_topics, produce_records
+from testing.kafka.client import NotEnoughRecords, consume_records, create_topics, produce_records
 
 # --- wire protocol of the readiness probe, no loop -------------------------------------------
 
@@ -30,35 +31,35 @@ def _api_versions_payload(correlation_id: int, error: int, ranges: list[tuple[in
 
 def test_api_versions_request_is_v0_with_client_id() -> None:
     """The probe's ApiVersions request is a length-prefixed v0 request carrying our client id."""
-    frame = ek.encode_api_versions_request(7)
+    frame = bp.encode_api_versions_request(7)
     (length,) = struct.unpack_from(">i", frame)
     assert length == len(frame) - 4
     api_key, version, correlation = struct.unpack_from(">hhi", frame, 4)
     assert (api_key, version, correlation) == (18, 0, 7)
-    assert frame.endswith(ek.CLIENT_ID.encode())
+    assert frame.endswith(bp.CLIENT_ID.encode())
 
 
 def test_api_versions_response_decodes_ranges_and_unsupported_version() -> None:
     """Ranges decode; UNSUPPORTED_VERSION still counts as an answer; other errors do not."""
-    ranges = ek.decode_api_versions_response(_api_versions_payload(3, 0, [(3, 0, 12), (18, 0, 4)]), 3)
-    assert ranges[3] == ek.ApiVersionRange(3, 0, 12)
-    assert ek.decode_api_versions_response(_api_versions_payload(3, 35, [(3, 4, 12)]), 3)[3].min_version == 4
-    with pytest.raises(ek.KafkaProbeError):
-        ek.decode_api_versions_response(_api_versions_payload(3, 1, []), 3)
-    with pytest.raises(ek.KafkaProbeError, match="correlation"):
-        ek.decode_api_versions_response(_api_versions_payload(4, 0, []), 3)
-    with pytest.raises(ek.KafkaProbeError, match="truncated"):
-        ek.decode_api_versions_response(_api_versions_payload(3, 0, [(3, 0, 12)])[:-2], 3)
+    ranges = bp.decode_api_versions_response(_api_versions_payload(3, 0, [(3, 0, 12), (18, 0, 4)]), 3)
+    assert ranges[3] == bp.ApiVersionRange(3, 0, 12)
+    assert bp.decode_api_versions_response(_api_versions_payload(3, 35, [(3, 4, 12)]), 3)[3].min_version == 4
+    with pytest.raises(bp.KafkaProbeError):
+        bp.decode_api_versions_response(_api_versions_payload(3, 1, []), 3)
+    with pytest.raises(bp.KafkaProbeError, match="correlation"):
+        bp.decode_api_versions_response(_api_versions_payload(4, 0, []), 3)
+    with pytest.raises(bp.KafkaProbeError, match="truncated"):
+        bp.decode_api_versions_response(_api_versions_payload(3, 0, [(3, 0, 12)])[:-2], 3)
 
 
 def test_metadata_version_choice() -> None:
     """The newest Metadata version both sides speak is chosen; no overlap is an error."""
-    assert ek.choose_metadata_version({3: ek.ApiVersionRange(3, 4, 13)}) == 8
-    assert ek.choose_metadata_version({3: ek.ApiVersionRange(3, 0, 5)}) == 5
-    with pytest.raises(ek.KafkaProbeError):
-        ek.choose_metadata_version({3: ek.ApiVersionRange(3, 9, 13)})
-    with pytest.raises(ek.KafkaProbeError):
-        ek.choose_metadata_version({18: ek.ApiVersionRange(18, 0, 4)})
+    assert bp.choose_metadata_version({3: bp.ApiVersionRange(3, 4, 13)}) == 8
+    assert bp.choose_metadata_version({3: bp.ApiVersionRange(3, 0, 5)}) == 5
+    with pytest.raises(bp.KafkaProbeError):
+        bp.choose_metadata_version({3: bp.ApiVersionRange(3, 9, 13)})
+    with pytest.raises(bp.KafkaProbeError):
+        bp.choose_metadata_version({18: bp.ApiVersionRange(18, 0, 4)})
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4, 8])
@@ -69,18 +70,18 @@ def test_metadata_response_brokers(version: int) -> None:
         payload += struct.pack(">i", 0)  # throttle
     payload += struct.pack(">i", 1) + struct.pack(">i", 1) + struct.pack(">h", 9) + b"127.0.0.1"
     payload += struct.pack(">i", 9092) + struct.pack(">h", -1)
-    assert ek.decode_metadata_response(version, payload, 9) == (ek.BrokerNode(1, "127.0.0.1", 9092),)
-    request = ek.encode_metadata_request(version, 9)
+    assert bp.decode_metadata_response(version, payload, 9) == (bp.BrokerNode(1, "127.0.0.1", 9092),)
+    request = bp.encode_metadata_request(version, 9)
     assert struct.unpack_from(">hh", request, 4) == (3, version)
 
 
 def test_split_frame() -> None:
     """Frames split only when complete; absurd lengths are refused."""
-    assert ek.split_frame(b"\x00\x00") is None
-    assert ek.split_frame(struct.pack(">i", 3) + b"ab") is None
-    assert ek.split_frame(struct.pack(">i", 2) + b"abc") == (b"ab", b"c")
-    with pytest.raises(ek.KafkaProbeError):
-        ek.split_frame(struct.pack(">i", -5))
+    assert bp.split_frame(b"\x00\x00") is None
+    assert bp.split_frame(struct.pack(">i", 3) + b"ab") is None
+    assert bp.split_frame(struct.pack(">i", 2) + b"abc") == (b"ab", b"c")
+    with pytest.raises(bp.KafkaProbeError):
+        bp.split_frame(struct.pack(">i", -5))
 
 
 # --- the fixture broker ----------------------------------------------------------------------
@@ -193,7 +194,7 @@ async def test_serve_embedded_kafka_round_trip_and_cleanup(embedded_extra, tmp_p
     assert [entry["pid"] for entry in stopped] == [pid]
     assert _pid_gone(pid)
     with pytest.raises(OSError):
-        await ek.probe_kafka(host, int(port))
+        await bp.probe_kafka(host, int(port))
     assert "tansu broker" in (tmp_path / ek.LOG_FILE_NAME).read_text()
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.peers.tokens import TokenKeys, verify_token
-from tests.process import EdgeProcess
+from testing.process import EdgeProcess
 from tests.test_cli import run_edge
 
 SECRET = b"0123456789abcdef0123456789abcdef-dev"

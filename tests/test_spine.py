@@ -10,32 +10,18 @@ import pytest
 import trio
 
 import edge
-from edge.config import settings_for_tests
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records
+from testing.settings import edge_settings
 
 pytestmark = pytest.mark.kafka
-
-
-def edge_settings(edge_id, kafka_bootstrap, tls_files, idempotence, **overrides):
-    return settings_for_tests(
-        edge_id=edge_id,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_enable_idempotence=idempotence,
-        kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
-        kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
-        grpc_use_tls=True,
-        grpc_cert_path=tls_files.cert_path,
-        grpc_key_path=tls_files.key_path,
-        **overrides,
-    )
 
 
 async def test_register_then_hang_up(kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files):
     settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     topic = settings.kafka_peer_lifecycle_events_topic
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = GrpcioPeer(port, root_certificates=tls_files.ca_pem)
         try:
             peer.register("peer-a", catalog=["c1", "c2"], request_id="reg-42")
@@ -83,7 +69,7 @@ async def test_embedded_edge_cancelled_publishes_shutdown(
     peer = None
     try:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             peer = GrpcioPeer(port, root_certificates=tls_files.ca_pem)
             peer.register("peer-b")
             await peer.receive_kind("registration_response")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from attrs import validators as v
@@ -22,7 +22,7 @@ DEFAULT_STREAM_WINDOW_BYTES: Final = 256 * 1024
 DEFAULT_MAX_HEADER_LIST_BYTES: Final = 16 * 1024
 
 
-def _positive_float(instance: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive_float(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 

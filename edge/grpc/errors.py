@@ -10,7 +10,7 @@ client. No exception text from anywhere else ever reaches a `grpc-message`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from purerpc.grpclib.status import Status, StatusCode
 
@@ -31,7 +31,7 @@ class StreamError(Exception):
         """Text for `grpc-message`. Subclasses build it from their own fields only."""
         return "stream error"
 
-    def clone(self) -> StreamError:
+    def clone(self) -> Self:
         """A fresh instance with the same meaning (raising one instance twice chains tracebacks)."""
         return type(self)(*self.args)
 

@@ -37,9 +37,9 @@ class LateFrameSplitter:
         self._held_need = 0
         self._held_stream = 0
 
-    def split(self, data: bytes) -> list[tuple[bytes, int | None]]:
+    def split(self, data: bytes | bytearray) -> list[tuple[bytes | bytearray, int | None]]:
         """Pieces in order: (bytes, None) to pass on, or (one whole frame, its stream id)."""
-        pieces: list[tuple[bytes, int | None]] = []
+        pieces: list[tuple[bytes | bytearray, int | None]] = []
         size = len(data)
         run_start = 0
         i = 0
@@ -73,7 +73,7 @@ class LateFrameSplitter:
                 run_start = i
                 if len(self._header) < _FRAME_HEADER_BYTES:
                     continue
-                header = bytes(self._header)
+                header: bytes | bytearray = bytes(self._header)
                 self._header.clear()
                 in_run = False
             else:

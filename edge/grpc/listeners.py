@@ -31,6 +31,7 @@ import trio
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.connection import serve_grpc_connection
 from edge.grpc.connection_limits import ConnectionCounts, address_key
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.refusals import ACCEPT_FAILED
 from edge.grpc.sockets import LingeringSocketStream, reset_and_close, set_keepalive, socket_peer_address
 from edge.grpc.stats import GrpcServerStats
@@ -49,13 +50,15 @@ async def serve_grpc(
     config: GrpcServerConfig,
     routes: Mapping[str, Handler],
     *,
+    metrics: ServerMetrics,
     stats: GrpcServerStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen, accept, serve streams until cancelled.
 
     `task_status.started(port)` once the listener is bound and accepting (port 0: the real port).
-    A port already in use fails with OSError(EADDRINUSE) naming the address.
+    A port already in use fails with OSError(EADDRINUSE) naming the address. `metrics` hears of every
+    routed call and every failed TLS handshake (`metrics.py`).
     """
     routes = dict(routes)
     stats = stats if stats is not None else GrpcServerStats()
@@ -68,7 +71,7 @@ async def serve_grpc(
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
-                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, counts)
+                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, metrics, counts)
                     task_status.started(port)
             finally:
                 # First step of shutdown: no new connections while the open ones drain.
@@ -105,6 +108,7 @@ async def _accept_loop(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     stats: GrpcServerStats,
+    metrics: ServerMetrics,
     counts: ConnectionCounts,
 ) -> None:
     delay = ACCEPT_BACKOFF_FIRST
@@ -127,7 +131,9 @@ async def _accept_loop(
                 stats.refusals.count(refused)
                 reset_and_close(sock_stream.socket)
                 continue
-            connections.start_soon(_serve_accepted, sock_stream, remote_address, key, routes, config, stats, counts)
+            connections.start_soon(
+                _serve_accepted, sock_stream, remote_address, key, routes, config, stats, metrics, counts
+            )
     finally:
         # Synchronously, in the same scheduling step that delivers the cancellation: the listener is
         # closed before any connection has written its final statuses or GOAWAY.
@@ -141,6 +147,7 @@ async def _serve_accepted(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     stats: GrpcServerStats,
+    metrics: ServerMetrics,
     counts: ConnectionCounts,
 ) -> None:
     try:
@@ -149,6 +156,8 @@ async def _serve_accepted(
         transport: trio.abc.Stream = LingeringSocketStream(sock_stream, linger=config.shutdown_grace)
         if config.ssl_context is not None:
             transport = trio.SSLStream(transport, config.ssl_context, server_side=True)
-        await serve_grpc_connection(transport, routes, config, stats=stats, remote_address=remote_address)
+        await serve_grpc_connection(
+            transport, routes, config, metrics=metrics, stats=stats, remote_address=remote_address
+        )
     finally:
         counts.release(key)

@@ -73,7 +73,7 @@ from edge.grpc.late_frames import LateFrameSplitter
 from edge.grpc.limits import H2_DEFAULT_WINDOW, ProtocolLimits
 
 
-class GrpcServerProtocol(GRPCConnection):
+class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is untyped: its base is Any
     """purerpc's sans-IO gRPC connection, made safe for long-lived streams from untrusted clients."""
 
     def __init__(self, limits: ProtocolLimits) -> None:
@@ -123,7 +123,7 @@ class GrpcServerProtocol(GRPCConnection):
 
     # ---- bytes in
 
-    def receive_data(self, data: bytes, now: float = 0.0) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray, now: float = 0.0) -> list[Event]:
         """Feed bytes from the socket that arrived at `now` (for message meters). h2's ProtocolError
         (connection-fatal) propagates; h2 has then already queued its GOAWAY."""
         self._now = now
@@ -320,7 +320,8 @@ class GrpcServerProtocol(GRPCConnection):
     def send_window(self, stream_id: int) -> int:
         """How many bytes may go in the next DATA frame (flow control and frame size).
         Raises h2's StreamClosedError/NoSuchStreamError once the stream is closed."""
-        return self.flow_control_window(stream_id)
+        window: int = self.flow_control_window(stream_id)
+        return window
 
     def finish(self, stream_id: int, status: Status | None, *, response_started: bool, abort: bool = False) -> bool:
         """End a stream and forget it. `status` None: send nothing (the stream is already gone).

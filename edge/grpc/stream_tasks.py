@@ -18,6 +18,9 @@ Who ends a stream's task, and what the client gets:
 
 Queuing a stream's ending is synchronous (`_finish`), so it is safe in a cancelled task's `finally`; the
 connection's writer sends it. Cancelled is never caught: it goes on up to the connection's nursery.
+
+Metrics (`metrics.py`): a routed call is reported started when its task is started, and handled in
+`_finish`, once, with the code queued for the client, or CANCELLED when nothing could be sent.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
-import structlog
 import trio
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.errors import ConnectionLost, StreamError, StreamReset
 from edge.grpc.events import Request
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream, StreamHost
 
@@ -63,6 +66,7 @@ class StreamTasks:
         *,
         shutdown_grace: float,
         stats: GrpcServerStats,
+        metrics: ServerMetrics,
         log: Any,
         remote_address: tuple[str, int] | None,
         peer_certificate_der: bytes | None,
@@ -73,6 +77,7 @@ class StreamTasks:
         self._routes = routes
         self._shutdown_grace = shutdown_grace
         self._stats = stats
+        self._metrics = metrics
         self._log = log
         self._remote_address = remote_address
         self._peer_certificate_der = peer_certificate_der
@@ -109,6 +114,7 @@ class StreamTasks:
             peer_certificate_der=self._peer_certificate_der,
             peer_certificate=self._peer_certificate,
             deadline=deadline,
+            metrics=self._metrics.call_started(request.path, trio.current_time()),
         )
         self._streams[request.stream_id] = stream
         self.idle_since = None
@@ -186,7 +192,7 @@ class StreamTasks:
             reset = True
         except* StreamError as group:
             stream_errors = _leaves(group)
-        except* Exception as group:
+        except* Exception as group:  # noqa: BLE001 - see below
             # The per-stream boundary. Cancelled is not an Exception and goes on up.
             failure = group
         if failure is not None:
@@ -233,6 +239,7 @@ class StreamTasks:
                 status = CANCELLED_STATUS
             protocol.finish(stream_id, status, response_started=stream.response_started, abort=stream.message_cut_off)
             self.count_status(status)
+            stream.metrics.handled(status.status_code, trio.current_time())
             stream_log.debug("grpc_stream_finished", status=status.status_code.name)
         else:
             protocol.finish(stream_id, None, response_started=stream.response_started)
@@ -240,6 +247,8 @@ class StreamTasks:
                 self._stats.streams_lost += 1
             else:
                 self._stats.streams_reset += 1
+            # No status reaches the client; counted as a grpc-go handler would see it.
+            stream.metrics.handled(StatusCode.CANCELLED, trio.current_time())
             stream_log.debug("grpc_stream_gone", reason=str(termination))
         stream.mark_finished()
         if not self._streams:
@@ -265,7 +274,7 @@ def _leaves(group: BaseExceptionGroup[StreamError]) -> list[StreamError]:
 def _same_status(a: Status | None, b: Status | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a.status_code == b.status_code and a.status_message == b.status_message
+    return bool(a.status_code == b.status_code and a.status_message == b.status_message)
 
 
 def _single(group: BaseExceptionGroup[Exception]) -> BaseException:

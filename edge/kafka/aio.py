@@ -1,9 +1,9 @@
 """The asyncio side of the bridge: thin coroutines over aiokafka, called from Trio in batches.
 
 Everything in this module runs on the trio-asyncio loop and is entered from Trio through
-`trio_asyncio.aio_as_trio`. Each entry point does a whole batch per crossing (RISKS 10), awaits every
-future it creates, and stops every client it starts (RISKS 9), so nothing un-awaited can reach the
-loop's exception handler.
+`trio_asyncio.aio_as_trio`. Each entry point does a whole batch per crossing
+(docs/design.md#trio-asyncio-crossing-cost), awaits every future it creates, and stops every client it starts
+(docs/design.md#trio-asyncio-handler-reraises), so nothing un-awaited can reach the loop's exception handler.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ class Assignments(Protocol):
     """What the consumer's rebalance listener tells the Trio side (plain synchronous calls: asyncio
     callbacks run inside a Trio task of the trio-asyncio loop, so they may touch Trio objects)."""
 
-    generation: int
+    @property
+    def generation(self) -> int: ...
 
     def revoked(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, tuple[int, str]]:
         """Forget `partitions`; return the commits to make for them before they go."""
@@ -139,8 +140,8 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": f"giggityflix-edge-{settings.edge_id}",
         "group_id": settings.kafka_group_id,
-        "enable_auto_commit": False,  # manual commits only (RISKS 12)
-        "auto_offset_reset": "earliest",  # a new group starts from the beginning (SPEC section 3)
+        "enable_auto_commit": False,  # manual commits only (docs/design.md#aiokafka-auto-commit)
+        "auto_offset_reset": "earliest",  # a new group starts from the beginning (docs/protocol.md#commands)
         "isolation_level": "read_committed",  # never act on a command whose transaction aborted
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(100, session_ms // 3),
@@ -169,13 +170,13 @@ class Progress:
     ends: Mapping[TopicPartition, int]
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its base is Any
     def __init__(self, owner: AioConsumer) -> None:
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # aiokafka calls this before a rebalance, never before stop() (RISKS 12): AioConsumer.stop
-        # commits on its own.
+        # aiokafka calls this before a rebalance, never before stop()
+        # (docs/design.md#aiokafka-no-revoke-on-stop): AioConsumer.stop commits on its own.
         await self._owner._revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:

@@ -1,4 +1,5 @@
-"""Command delivery backoff: how long retry n waits (SPEC section 3). Pure, no clock, no loop.
+"""Command delivery backoff: how long retry n waits (docs/protocol.md#retries-and-backoff).
+Pure, no clock, no loop.
 
     retry n (from 0) waits  min(RETRY_INITIAL_DELAY_MS * 2**n, RETRY_MAX_DELAY_MS) * (1 + RETRY_JITTER_FACTOR * u)
 

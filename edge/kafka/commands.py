@@ -1,7 +1,7 @@
 """Commands in: what a record on the command topic means, as pure functions over values.
 
     parse_command(value bytes)  -> Command (with its EdgeMessage built)  or  DeadLetter(reason, detail)
-    dead_letter_record(...)     -> the OutboundRecord for the dead-letter topic (SPEC section 3)
+    dead_letter_record(...)     -> the dead-letter topic's OutboundRecord (docs/protocol.md#dead-letters)
 
 A command is `{"peer_id", "command_type", "command_data", "request_id"?, "expires_at"?}`. Parsing goes
 through the edge's one strict cattrs converter, so `"quantity": "3"` or `"catalog_uuids": "abc"` is
@@ -45,7 +45,7 @@ INT32_MAX: Final = 2**31 - 1
 
 
 class Reason(str, enum.Enum):
-    """Dead-letter reason codes (SPEC section 3)."""
+    """Dead-letter reason codes (docs/protocol.md#dead-letters)."""
 
     PEER_NOT_CONNECTED = "peer_not_connected"
     INVALID_JSON = "invalid_json"
@@ -302,7 +302,7 @@ def _describe(error: Exception, command_type: str) -> str:
 
 
 def edge_message(command_type: str, data: CommandData, request_id: str) -> pb.EdgeMessage:
-    """The EdgeMessage a command becomes (SPEC section 2), carrying its request_id.
+    """The EdgeMessage a command becomes (docs/protocol.md#commands, #messages), carrying its request_id.
 
     Raises _Invalid for text protobuf cannot carry (e.g. unpaired surrogates from a JSON escape).
     """
@@ -357,7 +357,7 @@ def undeliverable(command: Command, reason: Reason, detail: str, attempts: int) 
 
 
 def dead_letter_value(letter: DeadLetter, *, edge_id: str, now: datetime.datetime) -> dict[str, Any]:
-    """The dead-letter JSON of SPEC section 3."""
+    """The dead-letter JSON of docs/protocol.md#dead-letters."""
     value: dict[str, Any] = {
         "original_message": letter.original,
         "reason": letter.reason.value,

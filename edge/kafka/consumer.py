@@ -17,13 +17,14 @@ Bounds and guarantees:
   commits and keeps the group membership alive until commands settle.
 - Revocation (called from aiokafka's rebalance listener) commits what is settled (`CommandIntake.revoked`)
   and has the router abandon the rest, which the partition's next owner reads again. aiokafka does not call
-  the listener before `stop()` (RISKS 12): the loop commits before every stop itself.
-- Every aiokafka call has a Trio deadline (RISKS 11): a poll is bounded by its own wait plus
-  KAFKA_REQUEST_TIMEOUT_SEC, a start by that plus two session timeouts (joining may wait for a dead
+  the listener before `stop()` (docs/design.md#aiokafka-no-revoke-on-stop): the loop commits before every stop
+  itself.
+- Every aiokafka call has a Trio deadline (docs/design.md#aiokafka-hangs): a poll is bounded by its own wait
+  plus KAFKA_REQUEST_TIMEOUT_SEC, a start by that plus two session timeouts (joining may wait for a dead
   member's session to expire), a stop by SHUTDOWN_TIMEOUT_SEC.
-- Progress watch (RISKS 11, aiokafka #1037): every `watch_interval` the loop asks the broker for the
-  end offsets. A partition with records waiting whose position did not move over a whole interval,
-  while fetching was not paused, means the consumer stopped receiving: it is closed and started
+- Progress watch (docs/design.md#aiokafka-silent-stall, aiokafka #1037): every `watch_interval` the loop asks
+  the broker for the end offsets. A partition with records waiting whose position did not move over a whole
+  interval, while fetching was not paused, means the consumer stopped receiving: it is closed and started
   again. The same check drives readiness (KafkaState.consumer_connected).
 
 Errors: only a failed or timed-out Kafka call, a stall, or records the tracker cannot account for

@@ -155,7 +155,7 @@ class PartitionProgress:
         ranges: list[Range] = []
         if self._pending and self._last is not None:
             pending = sorted(self._pending)
-            for below, above in zip(pending, pending[1:]):
+            for below, above in zip(pending, pending[1:], strict=False):
                 if above - below > 1:
                     ranges.append((below + 1, above - 1))
             if self._last > pending[-1]:

@@ -3,13 +3,13 @@
     serve_event_producer        owns the event channel's receive end and one AIOKafkaProducer
 
 It takes what is in the channel in batches of up to KAFKA_PRODUCE_BATCH_SIZE (one trio-asyncio crossing
-per batch, RISKS 10), produces them with acks=all (idempotent where the broker allows) and waits for
-every ack; a record's `on_ack` (dead letters use it to commit their command) is called only then. A
-batch that fails is retried, only its failed records and in order, until it is in Kafka: nothing is
-dropped while the process lives. After a failure the aiokafka producer is closed and a fresh one
+per batch, docs/design.md#trio-asyncio-crossing-cost), produces them with acks=all (idempotent where the
+broker allows) and waits for every ack; a record's `on_ack` (dead letters use it to commit their command) is
+called only then. A batch that fails is retried, only its failed records and in order, until it is in Kafka:
+nothing is dropped while the process lives. After a failure the aiokafka producer is closed and a fresh one
 started: an idempotent producer whose batches expired keeps sequence numbers the broker will refuse,
-and a client stuck on a dead broker (RISKS 11) is dropped with it. While Kafka is slow or down the
-channel (KAFKA_EVENT_BUFFER_SIZE) fills and the peer sessions' `send` waits: peers stop being read,
+and a client stuck on a dead broker (docs/design.md#aiokafka-hangs) is dropped with it. While Kafka is slow or
+down the channel (KAFKA_EVENT_BUFFER_SIZE) fills and the peer sessions' `send` waits: peers stop being read,
 nothing is lost. The one exception is a record Kafka can never take (over the producer's request size,
 or not encodable): it is logged in full as `kafka_record_rejected` and skipped, so it cannot block
 every record behind it.

@@ -10,8 +10,8 @@ What it guarantees:
 - Isolation. Each peer has its own line and task, so a peer that is away, slow or stuck delays only its
   own commands. GRPC_MAX_WORKERS bounds the deliveries in progress at once (an offer and the wait for
   its write), over all peers; waiting out a backoff holds no slot.
-- Retries (SPEC section 3). A failed attempt (no live session, a full outbound channel, a session that
-  ended before the write, a write not done within `write_timeout`) is retried after
+- Retries (docs/protocol.md#retries-and-backoff). A failed attempt (no live session, a full outbound channel,
+  a session that ended before the write, a write not done within `write_timeout`) is retried after
   `RetryPolicy.delay(n, u)`. A command's clock starts when it is read, not when it reaches the head of
   its line: when an attempt for a peer fails, every command of that peer whose retry is due counts the
   failure too. So a burst of commands for a peer that is away is dead-lettered after one retry span,

@@ -2,7 +2,8 @@
 
 As everywhere in the edge, asyncio stays in edge/kafka/ and the boundary is crossed in batches: one
 crossing sends a command, one crossing fetches whatever records are ready. Every client is stopped
-and every call has a deadline (RISKS 9-11).
+and every call has a deadline (docs/design.md#trio-asyncio-handler-reraises, #trio-asyncio-late-cancel,
+#aiokafka-hangs).
 
 `tail` reads without a consumer group (aiokafka assigns itself every partition of the topics): it
 never commits, never joins the edge's group, and can run any number of times next to the edge.
@@ -65,7 +66,7 @@ async def send_record(bootstrap: str, topic: str, key: bytes, value: bytes, *, t
         async with _loop():
             try:
                 result = await trio_asyncio.aio_as_trio(_aio_send)(bootstrap, topic, key, value, timeout)
-            except Exception as error:  # re-raised outside the loop's nursery, as itself
+            except Exception as error:  # noqa: BLE001 - re-raised outside the loop's nursery, as itself
                 failure = error
     if failure is not None:
         raise failure
@@ -124,7 +125,8 @@ async def open_tail(
 
             async def fetch(wait_ms: int = 500, limit: int = 500) -> list[TailRecord]:
                 with trio.fail_after(timeout + wait_ms / 1000):
-                    return await trio_asyncio.aio_as_trio(tail.fetch)(wait_ms, limit)
+                    records: list[TailRecord] = await trio_asyncio.aio_as_trio(tail.fetch)(wait_ms, limit)
+                    return records
 
             yield fetch
         finally:

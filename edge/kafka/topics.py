@@ -114,7 +114,7 @@ async def ensure_topics(settings: Settings, timeout: float) -> list[str]:
     like this), or trio.TooSlowError / a KafkaError / OSError while Kafka cannot be reached.
     """
     with trio.fail_after(timeout):
-        created = await trio_asyncio.aio_as_trio(_aio_ensure_topics)(settings)
+        created: list[str] = await trio_asyncio.aio_as_trio(_aio_ensure_topics)(settings)
     if created:
         log.info(
             "kafka_topics_created",

@@ -31,8 +31,8 @@ from edge.proto import ops as ops_pb
 
 log = structlog.get_logger(__name__)
 
-SERVING: Final = ops_pb.health.HealthCheckResponse.SERVING
-NOT_SERVING: Final = ops_pb.health.HealthCheckResponse.NOT_SERVING
+SERVING: Final[int] = ops_pb.health.HealthCheckResponse.SERVING
+NOT_SERVING: Final[int] = ops_pb.health.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN: Final = ops_pb.health.HealthCheckResponse.SERVICE_UNKNOWN
 
 #: Service names the health service answers for: "" is the whole server.
@@ -169,4 +169,5 @@ class HealthService:
 
 
 def _response(status: int) -> bytes:
-    return ops_pb.health.HealthCheckResponse(status=status).SerializeToString()
+    response: bytes = ops_pb.health.HealthCheckResponse(status=status).SerializeToString()
+    return response

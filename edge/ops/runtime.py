@@ -1,6 +1,6 @@
 """`EdgeRuntime`: what one running edge shows its operators, shared by the components that feed it.
 
-`serve` makes one per call (or takes the caller's, so a test or an embedding program can read it):
+`serve` makes one per call (or takes the caller's) and reports it in `edge.Started`:
 the metrics registry, the readiness state (with the Kafka bridge's `KafkaState` inside), the gRPC
 transport's live counters, the connection refusals of both ports (one tally, summarized in the log by
 `edge.grpc.refusals.serve_refusal_summaries`), and the ports actually bound (useful with port 0).

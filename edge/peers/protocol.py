@@ -1,8 +1,8 @@
 """What peer messages mean: pure functions over protobuf and attrs values, no I/O, no event loop.
 
 A session task decodes bytes into a `PeerMessage`, asks this module what to do with it, and moves the
-answer (Kafka records, replies) where it has to go. Every JSON shape of SPEC section 3 that comes from a
-peer is built here, so a table of tests can check each field without a loop or a broker.
+answer (Kafka records, replies) where it has to go. Every JSON shape of docs/protocol.md#kafka-contract that
+comes from a peer is built here, so a table of tests can check each field without a loop or a broker.
 
 Record size. A peer may send messages up to GRPC_MAX_MESSAGE_BYTES (4 MiB), but Kafka takes records of
 about 1 MB by default, and a record the producer cannot send would be retried forever and stall every
@@ -268,19 +268,21 @@ def records_for_message(
         topic = settings.kafka_peer_catalog_updates_topic
         return tuple(OutboundRecord(topic, info.peer_id, part) for part in parts)
     if kind == "file_delete_response":
-        body = message.file_delete_response
-        value.update(catalog_uuid=body.catalog_uuid, success=body.success, error_message=body.error_message)
+        deleted = message.file_delete_response
+        value.update(
+            catalog_uuid=deleted.catalog_uuid, success=deleted.success, error_message=deleted.error_message
+        )
         topic = settings.kafka_file_delete_responses_topic
     elif kind == "file_hash_response":
-        body = message.file_hash_response
+        hashed = message.file_hash_response
         value.update(
-            catalog_uuid=body.catalog_uuid, hashes=dict(body.hashes), error_message=body.error_message
+            catalog_uuid=hashed.catalog_uuid, hashes=dict(hashed.hashes), error_message=hashed.error_message
         )
         topic = settings.kafka_file_hash_responses_topic
     elif kind == "file_remap_response":
-        body = message.file_remap_response
+        remap = message.file_remap_response
         value.update(
-            new_catalog_uuid=body.new_catalog_uuid, success=body.success, error_message=body.error_message
+            new_catalog_uuid=remap.new_catalog_uuid, success=remap.success, error_message=remap.error_message
         )
         topic = settings.kafka_file_remap_responses_topic
     elif kind == "screenshot_capture_response":

@@ -32,7 +32,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -166,7 +166,7 @@ def _check_claims(
     return TokenClaims(subject=subject, expires_at=expires_at, algorithm=algorithm)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     # The range check also refuses NaN, infinities and integers too large to compare with a float.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False

@@ -166,7 +166,7 @@ def merge_snapshots(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     target[k] = target.get(k, 0) + v
             elif isinstance(value, list):
                 target = merged.setdefault(key, [0] * len(value))
-                merged[key] = [a + b for a, b in zip(target, value)]
+                merged[key] = [a + b for a, b in zip(target, value, strict=False)]
             else:
                 merged[key] = merged.get(key, 0) + value
     if len(snapshots) != 1 and any(s.get("all_registered_after_sec") is None for s in snapshots):
@@ -268,21 +268,21 @@ def answers_for(message: pb.EdgeMessage) -> list[pb.PeerMessage]:
             )
         ]
     if kind == "file_remap_request":
-        request = message.file_remap_request
+        remap = message.file_remap_request
         return [
             pb.PeerMessage(
                 request_id=rid,
-                file_remap_response=pb.FileRemapResponse(new_catalog_uuid=request.new_catalog_uuid, success=True),
+                file_remap_response=pb.FileRemapResponse(new_catalog_uuid=remap.new_catalog_uuid, success=True),
             )
         ]
     if kind == "screenshot_capture_request":
-        request = message.screenshot_capture_request
-        count = min(max(request.quantity, 1), MAX_SCREENSHOTS)
+        capture = message.screenshot_capture_request
+        count = min(max(capture.quantity, 1), MAX_SCREENSHOTS)
         return [
             pb.PeerMessage(
                 request_id=rid,
                 screenshot_capture_response=pb.ScreenshotCaptureResponse(
-                    catalog_uuid=request.catalog_uuid,
+                    catalog_uuid=capture.catalog_uuid,
                     screenshot=pb.ScreenshotData(frame_number_in_video=(i + 1) * 240, screenshot=tiny_png(i)),
                 ),
             )

@@ -1,6 +1,6 @@
 """`python -m edge send-command`: put one command for a peer on an edge's command topic.
 
-`build_command` (pure) checks the command against SPEC section 3 before anything is sent, so an
+`build_command` (pure) checks the command against docs/protocol.md#commands before anything is sent, so an
 operator's typo is an error message here, not a dead letter later; `--raw` skips the checks and sends
 the given JSON (or text) as the whole record value, to try the edge's dead-letter handling.
 """
@@ -16,7 +16,7 @@ from typing import Any, Final, TextIO
 from edge.config import Settings
 from edge.convert import timestamp
 
-#: command_type -> its command_data fields and their JSON types (SPEC section 3).
+#: command_type -> its command_data fields and their JSON types (docs/protocol.md#commands).
 COMMAND_FIELDS: Final[dict[str, dict[str, type | tuple[type, ...]]]] = {
     "file_delete": {"catalog_uuids": list},
     "file_hash": {"catalog_uuid": str, "hash_types": list},
@@ -54,7 +54,7 @@ def build_command(
         if isinstance(value, bool) or not isinstance(value, expected):
             kind = {list: "a list", str: "a string", int: "an integer"}[expected]  # type: ignore[index]
             raise CommandError(f"command_data.{name} must be {kind}")
-        if expected is list and command_type != "batch_file_offer_response" and not all(isinstance(v, str) for v in value):
+        if isinstance(value, list) and command_type != "batch_file_offer_response" and not all(isinstance(v, str) for v in value):
             raise CommandError(f"command_data.{name} must be a list of strings")
     command: dict[str, Any] = {
         "peer_id": peer_id,

@@ -126,7 +126,7 @@ async def tail_cli(settings: Settings, args: argparse.Namespace, *, out: TextIO,
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
                     await follow(nursery.cancel_scope)
-        except* Exception as group:  # the one boundary: Kafka unreachable and the like
+        except* Exception as group:  # noqa: BLE001 - the one boundary: Kafka unreachable and the like
             failures = leaves(group)
     if failures:
         for line in failure_lines(settings.kafka_bootstrap_servers, failures):

@@ -1,76 +1,24 @@
-"""Helpers for the transport tests: a running server, socket counting from /proc, a raw h2 client."""
+"""Helpers for the transport tests: a raw-bytes grpcio method, socket counting from /proc, a raw h2 client.
+
+The running server itself is `testing.harness.running_server`."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import attrs
-import grpc
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import trio
 
-from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
-
-# ------------------------------------------------------------------------------------------- servers
-
-
-@attrs.define
-class RunningServer:
-    port: int
-    stats: GrpcServerStats
-    scope: trio.CancelScope
-    stopped: trio.Event
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def stop(self) -> None:
-        """Cancel serve_grpc (graceful shutdown) and wait until it has returned."""
-        self.scope.cancel()
-        await self.stopped.wait()
-
-
-@contextlib.asynccontextmanager
-async def running_server(config: GrpcServerConfig, routes: Mapping[str, Handler]) -> AsyncIterator[RunningServer]:
-    """serve_grpc in its own cancel scope; stopped (gracefully) when the block ends."""
-    stats = GrpcServerStats()
-    scope = trio.CancelScope()
-    stopped = trio.Event()
-
-    async def run(task_status: trio.TaskStatus[int]) -> None:
-        try:
-            with scope:
-                await serve_grpc(config, routes, stats=stats, task_status=task_status)
-        finally:
-            stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(run)
-        server = RunningServer(port=port, stats=stats, scope=scope, stopped=stopped)
-        try:
-            yield server
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await server.stop()
+# -------------------------------------------------------------------------------------------- grpcio
 
 
 def bytes_stream_method(channel: Any, path: str) -> Any:
     """A stream-stream method whose messages are raw bytes (works for sync and aio channels)."""
     return channel.stream_stream(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
-
-
-#: One TCP connection per channel (grpcio otherwise shares subchannels between identical channels).
-OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
-
-
-def grpc_tls_channel_args(ca_pem: bytes) -> dict[str, Any]:
-    return {"credentials": grpc.ssl_channel_credentials(root_certificates=ca_pem)}
 
 
 # ------------------------------------------------------------------------------------------- sockets
@@ -136,6 +84,9 @@ class RawH2Client:
     """A bare h2 client over any Trio stream, for what grpcio will not do on purpose (bad framing,
     pings, exact flow-control bookkeeping) and for MockClock tests over memory streams."""
 
+    #: A test peer treats a broken connection as closed instead of raising (RawH2Client raises).
+    tolerant = False
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -187,7 +138,7 @@ class RawH2Client:
             self.h2.send_data(stream_id, chunk, end_stream=end and last)
 
     async def pump(self) -> bool:
-        """Read once and process; False at EOF."""
+        """Read once and process; False at EOF (or, for a `tolerant` client, a broken connection)."""
         try:
             data = await self.stream.receive_some(65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -196,20 +147,36 @@ class RawH2Client:
             self.closed = True
             self._notify()
             return False
-        for event in self.h2.receive_data(data):
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.H2Error:
+            if not self.tolerant:
+                raise
+            self.closed = True
+            self._notify()
+            return False
+        for event in events:
             self.events.append(event)
             if isinstance(event, h2.events.DataReceived):
                 self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self._data_received(event)
             elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                 self.headers.setdefault(event.stream_id, []).append(dict(event.headers))
             elif isinstance(event, h2.events.StreamEnded):
                 self.ended.add(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self.resets[event.stream_id] = int(event.error_code)
-        await self.flush()
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if not self.tolerant:
+                raise
         self._notify()
         return True
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        """Flow control: give the window back at once, as a client that keeps reading does."""
+        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
     async def run(self) -> None:
         """Keep reading until EOF, then close our side as a real client does (start in a nursery)."""

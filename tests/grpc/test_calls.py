@@ -1,5 +1,6 @@
-"""Requirements 2 and 4-8 over real sockets with real grpcio clients: statuses, sizes, compression,
-handler failures, pings, peer address and TLS client certificates (RISKS.md 2, 4, 5, 7).
+"""Real sockets with real grpcio clients: statuses, sizes, compression, handler failures, pings, peer
+address and TLS client certificates (docs/design.md#purerpc-error-text-leaked, #purerpc-unbounded-sizes,
+#purerpc-compression-fatal, #purerpc-no-keepalive, #purerpc-handler-blind).
 
 Rules: real sockets, real TLS from trustme fixtures, grpcio clients in worker threads (sync API) or on
 their own asyncio loop (grpc.aio); no real-time sleeps; every wait has a deadline.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 import time
 from typing import Any
 
@@ -27,9 +27,11 @@ from edge.grpc import (
     StatusCode,
     StreamReset,
 )
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, running_server
+from .support import RawH2Client, bytes_stream_method, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 MiB = 1024 * 1024
@@ -74,9 +76,9 @@ class QueuedRequests:
 
 
 async def test_handler_exception_becomes_internal_without_its_text() -> None:
-    """Requirement 6: a handler's exception reaches the client as INTERNAL "internal error" (never its
-    text or repr), is logged server-side with its traceback, and a concurrent call on the same
-    connection is unaffected (requirement 2: a bug in one stream never kills others)."""
+    """docs/design.md#purerpc-error-text-leaked: a handler's exception reaches the client as INTERNAL
+    "internal error" (never its text or repr), is logged server-side with its traceback, and a concurrent call
+    on the same connection is unaffected (a bug in one stream never kills others)."""
 
     async def broken(stream: ServerStream) -> None:
         await stream.receive_message()
@@ -156,8 +158,9 @@ async def test_metadata_and_path_reach_the_handler() -> None:
 
 
 async def test_oversized_message_fails_only_its_stream() -> None:
-    """Requirement 4: a 5 MiB message to a 4 MiB server ends that call with RESOURCE_EXHAUSTED; another
-    call on the same connection keeps working (purerpc killed the whole connection)."""
+    """docs/design.md#purerpc-unbounded-sizes: a 5 MiB message to a 4 MiB server ends that call with
+    RESOURCE_EXHAUSTED; another call on the same connection keeps working (purerpc killed the whole
+    connection)."""
 
     def scenario(target: str) -> Any:
         with grpc.insecure_channel(target) as channel:
@@ -217,9 +220,9 @@ async def test_outbound_message_over_the_limit_is_refused() -> None:
 
 
 async def test_slow_reader_is_held_back_by_flow_control_not_memory() -> None:
-    """Requirement 4: a handler that does not read makes its client stop (receive window 0) once its queue
-    is full; the stream never holds more than queue*max + max + window bytes, measured through the stats;
-    when the handler reads again every message arrives in order."""
+    """docs/design.md#purerpc-unbounded-sizes: a handler that does not read makes its client stop (receive
+    window 0) once its queue is full; the stream never holds more than queue*max + max + window bytes,
+    measured through the stats; when the handler reads again every message arrives in order."""
     queue_size, max_message, window = 4, 256 * 1024, 64 * 1024
     config = plain_config(stream_inbound_queue=queue_size, max_message_bytes=max_message, stream_window_bytes=window)
     bound = queue_size * max_message + max_message + window
@@ -324,8 +327,8 @@ async def test_max_concurrent_streams_is_advertised_and_respected() -> None:
 
 @pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
 async def test_compressed_messages_from_grpcio(compression: Any) -> None:
-    """Requirement 5: grpcio's gzip/deflate messages are decompressed (purerpc killed the connection),
-    and a compressed message that inflates past the limit ends only its own call."""
+    """docs/design.md#purerpc-compression-fatal: grpcio's gzip/deflate messages are decompressed (purerpc
+    killed the connection), and a compressed message that inflates past the limit ends only its own call."""
     encodings: list[str | None] = []
 
     async def echo_recording(stream: ServerStream) -> Status | None:
@@ -372,7 +375,8 @@ async def test_accepted_encodings_are_advertised() -> None:
 
 
 async def test_client_pings_are_answered() -> None:
-    """Requirement 7: HTTP/2 PINGs are acknowledged promptly, also while a call is open."""
+    """docs/design.md#purerpc-no-keepalive: HTTP/2 PINGs are acknowledged promptly, also while a call is
+    open."""
     async with running_server(plain_config(), {PATH: echo}) as server:
         client = RawH2Client(await trio.open_tcp_stream("127.0.0.1", server.port))
         async with client.stream:
@@ -428,9 +432,9 @@ async def test_rst_stream_reaches_the_handler_at_once() -> None:
 
 
 async def test_mutual_tls_client_certificate_reaches_the_handler(server_mtls: Any, tls_files: TlsFiles) -> None:
-    """Requirement 8: with a client CA configured, the handler sees the peer's address and its verified
-    certificate (DER and getpeercert() form); a client without a certificate is refused at the handshake
-    and does not disturb the server."""
+    """docs/design.md#purerpc-handler-blind: with a client CA configured, the handler sees the peer's address
+    and its verified certificate (DER and getpeercert() form); a client without a certificate is refused at
+    the handshake and does not disturb the server."""
     seen: dict[str, Any] = {}
 
     async def who(stream: ServerStream) -> None:

@@ -1,4 +1,4 @@
-"""Requirement 1 (RISKS.md 1): a client that cancels, resets, drops or dies is noticed at once.
+"""docs/design.md#purerpc-reset-ignored: a client that cancels, resets, drops or dies is noticed at once.
 
 Rules for these tests: real sockets, real TLS (trustme), real grpcio clients (grpc.aio on its own
 asyncio loop in a worker thread, or a client subprocess); no real-time sleeps, only waits for a
@@ -20,9 +20,11 @@ import grpc
 import trio
 
 from edge.grpc import ConnectionLost, GrpcServerConfig, ServerStream, Status, StreamReset
+from testing.grpcio_peer import OWN_CONNECTION
+from testing.harness import running_server
+from testing.tls import TlsFiles
 
-from .conftest import TlsFiles
-from .support import OWN_CONNECTION, RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, running_server, wait_for
+from .support import RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets, wait_for
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 

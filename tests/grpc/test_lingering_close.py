@@ -15,8 +15,9 @@ import trio
 
 from edge.grpc import GrpcServerConfig, ServerStream, StatusCode
 from edge.peers.limits import message_meter_factory
+from testing.harness import running_server
 
-from .support import RawH2Client, grpc_frame, own_tcp_sockets, running_server, wait_for
+from .support import RawH2Client, grpc_frame, own_tcp_sockets, wait_for
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 #: Response bytes the client leaves unread: more than its receive buffer, less than the server's send

@@ -1,6 +1,6 @@
 """Drain timing of the in-process `serve`, under MockClock (no wall-clock time): the edge's own
 simulated peers (edge.tools.peer_sim, in the same Trio loop, over loopback TCP) and an in-memory
-Kafka bridge (RISKS 13 keeps Kafka out of MockClock tests)."""
+Kafka bridge (docs/design.md#mock-clock-real-io keeps Kafka out of MockClock tests)."""
 
 from __future__ import annotations
 
@@ -9,29 +9,11 @@ import collections
 import trio
 from structlog.testing import capture_logs
 
-import edge
 from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from edge.tools.peer_sim import PeerSimulation, SimConfig
-from tests.ops.support import MemoryBridge
+from testing.harness import MemoryBridge, running_edge
 
 PEERS = 12
-
-
-async def start_edge(nursery, settings, bridge):
-    runtime = EdgeRuntime.create(settings.edge_id)
-    scope = trio.CancelScope()
-    stopped = trio.Event()
-
-    async def run(task_status):
-        try:
-            with scope:
-                await edge.serve(settings, runtime=runtime, bridge=bridge, task_status=task_status)
-        finally:
-            stopped.set()
-
-    port = await nursery.start(run)
-    return port, runtime, scope, stopped
 
 
 async def start_peers(nursery, port):
@@ -47,17 +29,14 @@ async def test_drain_ends_every_session_with_shutdown_at_once(autojump_clock):
     bridge, every peer sees UNAVAILABLE, health stops accepting, and it all takes no time at all."""
     settings = settings_for_tests(shutdown_timeout_sec=10.0)
     bridge = MemoryBridge()
-    async with trio.open_nursery() as nursery:
-        port, runtime, scope, stopped = await start_edge(nursery, settings, bridge)
-        simulation = await start_peers(nursery, port)
-        with trio.fail_after(60):
-            await bridge.wait_for(lambda records: sum(1 for r in records if r.value.get("event_type") == "connected") == PEERS)
-        assert runtime.health.ready
+    async with running_edge(settings, bridge=bridge) as edge, trio.open_nursery() as nursery:
+        simulation = await start_peers(nursery, edge.port)
+        await bridge.wait_for(lambda: len(bridge.records(event_type="connected")) == PEERS, timeout=60)
+        assert edge.runtime.health.ready
         began = trio.current_time()
-        scope.cancel()
-        await stopped.wait()
+        await edge.stop()
         took = trio.current_time() - began
-        assert not runtime.health.accepting
+        assert not edge.runtime.health.accepting
         with trio.fail_after(5):
             while sum(simulation.stats.stream_endings.values()) < PEERS:
                 await trio.sleep(0.01)
@@ -76,15 +55,13 @@ async def test_stalled_kafka_bounds_the_drain_by_one_phase_deadline(autojump_clo
     settings = settings_for_tests(shutdown_timeout_sec=10.0, kafka_event_buffer_size=2 * PEERS)
     bridge = MemoryBridge(stalled=True)
     with capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            port, runtime, scope, stopped = await start_edge(nursery, settings, bridge)
-            simulation = await start_peers(nursery, port)
+        async with running_edge(settings, bridge=bridge) as edge, trio.open_nursery() as nursery:
+            simulation = await start_peers(nursery, edge.port)
             with trio.fail_after(60):
                 while simulation.stats.registered_now < PEERS:
                     await trio.sleep(0.01)
             began = trio.current_time()
-            scope.cancel()
-            await stopped.wait()
+            await edge.stop()
             took = trio.current_time() - began
             nursery.cancel_scope.cancel()
     assert settings.shutdown_timeout_sec <= took < settings.shutdown_timeout_sec + 1

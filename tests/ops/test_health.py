@@ -14,9 +14,9 @@ import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import edge
-from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
-from tests.ops.support import http_get, kafka_gate
+from testing.relay import running_relay
+from testing.settings import tls_settings
+from tests.ops.support import http_get
 
 pytestmark = pytest.mark.kafka
 
@@ -37,18 +37,16 @@ def _watch(channel: grpc.Channel, seen: queue.Queue, stop: threading.Event) -> N
 
 
 async def test_health_follows_kafka(kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files):
-    async with kafka_gate(kafka_bootstrap) as gate, trio.open_nursery() as nursery:
-        settings = settings_for_tests(
+    async with running_relay(kafka_bootstrap, is_open=False) as gate, trio.open_nursery() as nursery:
+        settings = tls_settings(
+            tls_files,
             edge_id=kafka_topic_prefix,
-            kafka_bootstrap_servers=gate.bootstrap,
+            kafka_bootstrap_servers=gate.address,
             kafka_enable_idempotence=kafka_supports_idempotence,
             kafka_request_timeout_sec=5.0,
-            grpc_use_tls=True,
-            grpc_cert_path=tls_files.cert_path,
-            grpc_key_path=tls_files.key_path,
         )
-        runtime = EdgeRuntime.create(settings.edge_id)
-        port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
+        started = await nursery.start(edge.serve, settings)
+        port, runtime = started.grpc_port, started.runtime
         credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_pem)
         channel = grpc.secure_channel(f"localhost:{port}", credentials)
         stub = health_pb2_grpc.HealthStub(channel)
@@ -59,7 +57,7 @@ async def test_health_follows_kafka(kafka_bootstrap, kafka_supports_idempotence,
             # Kafka is down: not serving, for the whole server and for the peer service.
             for service in ("", SERVICE):
                 response = await trio.to_thread.run_sync(
-                    lambda: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                    lambda service=service: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
                 )
                 assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
             status, _, body = await http_get(runtime.http_port, "/readyz")

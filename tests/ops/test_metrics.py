@@ -10,11 +10,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import edge
-from edge.config import settings_for_tests
-from edge.ops.runtime import EdgeRuntime
 from edge.proto import pb
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records, produce_records
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records, produce_records
+from testing.settings import tls_settings
 from tests.ops.support import http_get
 
 pytestmark = pytest.mark.kafka
@@ -37,7 +36,8 @@ def value(samples, name: str, **labels: str) -> float:
 async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files):
     lifecycle = f"{kafka_topic_prefix}-lifecycle"
     catalog = f"{kafka_topic_prefix}-catalog"
-    settings = settings_for_tests(
+    settings = tls_settings(
+        tls_files,
         edge_id=kafka_topic_prefix,
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_enable_idempotence=kafka_supports_idempotence,
@@ -45,15 +45,12 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         kafka_peer_catalog_updates_topic=catalog,
         kafka_group_id=kafka_topic_prefix,
         retry_max_retries=0,
-        grpc_use_tls=True,
-        grpc_cert_path=tls_files.cert_path,
-        grpc_key_path=tls_files.key_path,
     )
-    runtime = EdgeRuntime.create(settings.edge_id)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(settings, runtime=runtime, task_status=task_status))
+        started = await nursery.start(edge.serve, settings)
+        port, runtime = started.grpc_port, started.runtime
         before = await scrape(runtime.http_port)
-        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix) == 1
+        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix, version=edge.__version__) == 1
         assert value(before, "giggityflix_edge_sessions_started_total") == 0
         assert value(before, "giggityflix_edge_event_buffer_capacity") == settings.kafka_event_buffer_size
 
@@ -128,3 +125,14 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
 
     assert value(refused, "giggityflix_edge_registrations_refused_total", cause="invalid") == 1
     assert value(refused, "giggityflix_edge_sessions_started_total") == 1
+
+    # The same calls in the grpc-ecosystem shape: two Connect streams, one ended OK by the peer's
+    # half-close, one refused; messages both ways (the refusal's registration response included).
+    connect = {"grpc_type": "bidi_stream", "grpc_service": "giggityflix.edge.v1.PeerEdgeService", "grpc_method": "Connect"}
+    assert value(refused, "grpc_server_started_total", **connect) == 2
+    assert value(refused, "grpc_server_handled_total", **connect, grpc_code="OK") == 1
+    assert value(refused, "grpc_server_handled_total", **connect, grpc_code="INVALID_ARGUMENT") == 1
+    assert value(refused, "grpc_server_msg_received_total", **connect) == 4  # 2 registrations, heartbeat, offer
+    assert value(refused, "grpc_server_msg_sent_total", **connect) == 3  # 2 registration responses, command
+    assert value(refused, "grpc_server_handling_seconds_count", **connect) == 2
+    assert value(refused, "giggityflix_edge_grpc_tls_handshake_failures_total", cause="tls_error") == 0

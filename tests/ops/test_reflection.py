@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -14,8 +15,8 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 import edge
-from edge.config import settings_for_tests
-from tests.ops.support import MemoryBridge
+from testing.harness import MemoryBridge
+from testing.settings import tls_settings
 
 GRPCURL_CACHE = Path.home() / ".cache" / "giggityflix-edge" / "go-bin" / "grpcurl"
 
@@ -25,10 +26,6 @@ def grpcurl_path() -> str | None:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def tls_settings(tls_files):
-    return settings_for_tests(grpc_use_tls=True, grpc_cert_path=tls_files.cert_path, grpc_key_path=tls_files.key_path)
 
 
 async def grpcurl(binary: str, ca_path: Path, port: int, *args: str) -> str:
@@ -57,7 +54,7 @@ async def test_grpcurl_lists_and_describes_the_service(grpcurl_binary, tls_files
     ca_path = tmp_path / "ca.pem"
     ca_path.write_bytes(tls_files.ca_pem)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(tls_settings(tls_files), bridge=MemoryBridge(), task_status=task_status))
+        port = (await nursery.start(partial(edge.serve, bridge=MemoryBridge()), tls_settings(tls_files))).grpc_port
         listed = (await grpcurl(binary, ca_path, port, "list")).split()
         assert listed == [
             "giggityflix.edge.v1.PeerEdgeService",
@@ -102,7 +99,7 @@ def _resolve(port: int, ca_pem: bytes) -> tuple[list[str], list[str], list[str]]
 
 async def test_grpcio_reflection_client_resolves_the_service(tls_files):
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: edge.serve(tls_settings(tls_files), bridge=MemoryBridge(), task_status=task_status))
+        port = (await nursery.start(partial(edge.serve, bridge=MemoryBridge()), tls_settings(tls_files))).grpc_port
         services, types, fields = await trio.to_thread.run_sync(_resolve, port, tls_files.ca_pem)
         assert "giggityflix.edge.v1.PeerEdgeService" in services and "grpc.health.v1.Health" in services
         assert types == ["giggityflix.edge.v1.PeerMessage", "giggityflix.edge.v1.EdgeMessage"]

@@ -13,9 +13,9 @@ import grpc
 import pytest
 import trio
 
-from tests.grpcio_peer import GrpcioPeer
-from tests.kafka.client import consume_records, create_topics, group_offsets, produce_records
-from tests.process import EdgeProcess
+from testing.grpcio_peer import GrpcioPeer
+from testing.kafka.client import consume_records, create_topics, group_offsets, produce_records
+from testing.process import EdgeProcess
 
 pytestmark = pytest.mark.kafka
 

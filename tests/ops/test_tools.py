@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.kafka.client import create_topics
-from tests.process import BASE_ENV, EdgeProcess
+from testing.kafka.client import create_topics
+from testing.process import BASE_ENV, EdgeProcess
 
 pytestmark = pytest.mark.kafka
 

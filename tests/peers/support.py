@@ -1,22 +1,23 @@
 """In-memory harness for the peer side under MockClock: the real `PeerStreamHandler` behind the real
 transport (`serve_grpc_connection`), one `memory_stream_pair` per peer connection, a small HTTP/2 test
-peer on the other end, and a Trio channel in place of the Kafka bridge (the test reads the
+peer on the other end, and a `MemoryBridge` in place of the Kafka bridge (the test reads the
 OutboundRecords the sessions queue, with the Trio time each was queued).
 
 Nothing here sleeps or touches a socket, so under `autojump_clock`/`mock_clock` hours of peer life take
 no wall-clock time.
+
+Also `assert_no_secrets`, for the identity tests' captured logs.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
-import attrs
 import h2.events
 import h2.exceptions
 import structlog
@@ -32,6 +33,7 @@ from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
 from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
+from testing.harness import MemoryBridge, Published
 from tests.grpc.support import RawH2Client, grpc_frame
 
 FIXED_NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
@@ -46,21 +48,20 @@ def capture_logs() -> Any:
     return structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars])
 
 
-@attrs.frozen
-class Published:
-    """A record as the bridge would have received it, and the Trio time it was queued."""
-
-    at: float
-    record: OutboundRecord
-
-    @property
-    def value(self) -> dict[str, Any]:
-        return dict(self.record.value)
+def assert_no_secrets(logs: Iterable[Any], secrets: Iterable[str | bytes]) -> None:
+    """No captured log entry (rendered with repr, which is what a renderer would see) holds any secret."""
+    rendered = repr(list(logs))
+    for secret in secrets:
+        text = secret.decode() if isinstance(secret, bytes) else secret
+        assert text and text not in rendered, "secret material in the logs"
 
 
 class PeerClient(RawH2Client):
     """RawH2Client that notes when each message arrived and can stop reading (no WINDOW_UPDATE: the
-    edge's sends stop at the flow-control window, as with a peer whose application stopped reading)."""
+    edge's sends stop at the flow-control window, as with a peer whose application stopped reading).
+    A broken connection just ends it."""
+
+    tolerant = True
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         super().__init__(stream)
@@ -69,42 +70,12 @@ class PeerClient(RawH2Client):
         self._partial: dict[int, bytearray] = {}
         self.unacknowledged = 0
 
-    async def pump(self) -> bool:
-        try:
-            data = await self.stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if not data:
-            self.closed = True
-            self._notify()
-            return False
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.H2Error:  # a test peer: a broken connection just ends it
-            self.closed = True
-            self._notify()
-            return False
-        for event in events:
-            self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self._collect(event.stream_id, event.data)
-                if self.reading:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                else:
-                    self.unacknowledged += event.flow_controlled_length
-            elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                self.headers.setdefault(event.stream_id, []).append(dict(event.headers))
-            elif isinstance(event, h2.events.StreamEnded):
-                self.ended.add(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                self.resets[event.stream_id] = int(event.error_code)
-        try:
-            await self.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        self._notify()
-        return True
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        self._collect(event.stream_id, event.data)
+        if self.reading:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        else:
+            self.unacknowledged += event.flow_controlled_length
 
     def _collect(self, stream_id: int, data: bytes) -> None:
         buffer = self._partial.setdefault(stream_id, bytearray())
@@ -227,13 +198,13 @@ class MemoryEdge:
         )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
-        self.published: list[Published] = []
+        self.bridge = MemoryBridge()  # takes the records; the test reads them from `published`
+        self.published = self.bridge.published
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.drained = trio.Event()
         self._clients = clients
         self._connections: trio.Nursery | None = None
-        self._changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Like serve_peers: `serve_endings` and the connections inside a scope whose cancellation is
@@ -259,32 +230,24 @@ class MemoryEdge:
     async def drain(self) -> None:
         """The bridge's part: take records as they come, note the time."""
         async with self._events_out:
-            async for record in self._events_out:
-                self.published.append(Published(trio.current_time(), record))
-                self._notify()
+            await self.bridge.drain(self._events_out)
         self.drained.set()
 
     async def take(self) -> Published:
         """For tests without `drain`: the next record, at the time it is taken."""
-        record = await self._events_out.receive()
-        published = Published(trio.current_time(), record)
-        self.published.append(published)
-        return published
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        return await self.bridge.take(self._events_out)
 
     async def wait_published(self, predicate: Callable[[list[Published]], bool]) -> None:
-        while not predicate(self.published):
-            await self._changed.wait()
+        await self.bridge.wait_for(lambda: predicate(self.published), timeout=None)
 
     async def connect(self, *, extra_headers: tuple[tuple[str, str], ...] = ()) -> TestPeer:
         """A new connection with one `Connect` stream open on it (not yet registered)."""
         assert self._connections is not None
         server_end, client_end = trio.testing.memory_stream_pair()
         self._connections.start_soon(
-            lambda: serve_grpc_connection(server_end, {CONNECT_PATH: self.handler}, self.config, stats=self.stats)
+            lambda: serve_grpc_connection(
+                server_end, {CONNECT_PATH: self.handler}, self.config, metrics=self.metrics.grpc, stats=self.stats
+            )
         )
         client = PeerClient(client_end)
         await client.start()

@@ -1,37 +1,42 @@
-"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (SPEC 2, 3, 5).
+"""The peer side over real sockets: grpcio peers over TLS, a real Kafka broker (docs/protocol.md#registration,
+#endings, #kafka-contract, #bad-input).
 
-Rules: the edge's own composition on a real TLS port (tests/peers/real.py), real grpcio clients
-(grpc.aio on one asyncio loop in a worker thread, or a killed client process), records read back from
-the real broker. Real clock; waits are for conditions under deadlines. The one timed ending (`timeout`)
-uses HEARTBEAT_INTERVAL_SEC=1 / PEER_TIMEOUT_SEC=2 so it takes two seconds, not two minutes.
+Rules: `edge.serve` on a real TLS port (testing/harness.py), real grpcio clients (testing/grpcio_peer.py,
+or a killed client process), records read back from the real broker. Real clock; waits are for
+conditions under deadlines. The one timed ending (`timeout`) uses HEARTBEAT_INTERVAL_SEC=1 /
+PEER_TIMEOUT_SEC=2 so it takes two seconds, not two minutes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
+import contextlib
 import datetime
 import json
+import logging
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from edge.peers import protocol
 from edge.proto import pb
+from testing.grpcio_peer import GrpcioPeer
+from testing.harness import RunningEdge, running_edge
+from testing.kafka.client import consume_records
+from testing.settings import edge_settings
 from tests.grpc.support import own_tcp_sockets
-from tests.kafka.client import consume_records
-
-from .real import AioPeer, aio_thread, channel, edge_settings, parse_timestamp, production_logging, running_edge
 
 pytestmark = pytest.mark.kafka
 
@@ -78,6 +83,56 @@ def lifecycle_by_peer(records: list[Any]) -> dict[str, list[tuple[str, str | Non
     return dict(out)
 
 
+def parse_timestamp(text: str) -> datetime.datetime:
+    assert text.endswith("Z"), text
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@contextlib.contextmanager
+def production_logging(path: Path) -> Iterator[None]:
+    """structlog as `python -m edge run` sets it up (JSON lines, level info: debug events are dropped
+    before they are rendered), written to `path`; structlog's defaults are restored afterwards.
+    Loggers are not cached, so other tests see the defaults again."""
+    with open(path, "w") as out:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.dict_tracebacks,
+                structlog.processors.JSONRenderer(),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.PrintLoggerFactory(out),
+            cache_logger_on_first_use=False,
+        )
+        try:
+            yield
+        finally:
+            structlog.reset_defaults()
+
+
+@contextlib.contextmanager
+def grpcio_peers(edge: RunningEdge, ca_pem: bytes) -> Iterator[Callable[[], GrpcioPeer]]:
+    """A maker of grpcio peers on connections of their own, each closed when the block ends."""
+    made: list[GrpcioPeer] = []
+
+    def peer() -> GrpcioPeer:
+        made.append(GrpcioPeer(edge.port, root_certificates=ca_pem, own_connection=True))
+        return made[-1]
+
+    try:
+        yield peer
+    finally:
+        for each in made:
+            each.close()
+
+
+async def register(peer: GrpcioPeer, peer_id: str, catalog: tuple[str, ...] = (), request_id: str = "reg") -> pb.EdgeMessage:
+    peer.register(peer_id, catalog=catalog, request_id=request_id)
+    return await peer.receive_kind("registration_response", timeout=30)
+
+
 # ----------------------------------------------------------------------------------- every kind
 
 
@@ -85,8 +140,8 @@ async def test_every_peer_message_kind_reaches_its_topic_with_the_specs_fields(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any
 ) -> None:
     """One grpcio peer over TLS sends one of each PeerMessage kind; each record is read back from
-    Kafka, keyed by the peer id, with every field of SPEC 3 (and nothing for heartbeats and unknown
-    payloads)."""
+    Kafka, keyed by the peer id, with every field of docs/protocol.md#kafka-contract (and nothing for
+    heartbeats and unknown payloads)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, screenshot_max_bytes=1024
     )
@@ -104,18 +159,15 @@ async def test_every_peer_message_kind_reaches_its_topic_with_the_specs_fields(
         pb.PeerMessage(request_id="m1", file_remap_response=pb.FileRemapResponse(new_catalog_uuid="n1", success=True)),
         pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=1)),
     ]
-    async with running_edge(settings) as edge, aio_thread() as aio:
-
-        async def scenario() -> tuple[Any, Any]:
-            peer = AioPeer(channel(edge.port, tls_files.ca_pem))
-            response = await peer.register("peer-all", catalog=("u1", "u2"), request_id="reg-1")
+    async with running_edge(settings) as edge:
+        with grpcio_peers(edge, tls_files.ca_pem) as new_peer:
+            peer = new_peer()
+            response = await register(peer, "peer-all", catalog=("u1", "u2"), request_id="reg-1")
             for message in messages:
-                await peer.send(message)
-            await peer.send(UNKNOWN_PAYLOAD)
-            await peer.call.done_writing()
-            return response, await peer.status()
-
-        response, status = await aio.run(scenario())
+                peer.send(message)
+            peer.send(UNKNOWN_PAYLOAD)
+            peer.half_close()
+            status = await peer.wait_status(timeout=30)
     assert status[0] == grpc.StatusCode.OK  # (grpcio drops the message of an OK status)
     session_id = response.registration_response.session_id
 
@@ -163,7 +215,8 @@ async def test_every_disconnect_reason_reaches_the_lifecycle_topic(
     kafka_bootstrap: str, kafka_supports_idempotence: bool, kafka_topic_prefix: str, tls_files: Any, monkeypatch: Any
 ) -> None:
     """Ten sessions, one edge, each ended a different way; the lifecycle topic has each one's
-    `connected` and `disconnected` with the reason, and each grpcio peer got the SPEC's status."""
+    `connected` and `disconnected` with the reason, and each grpcio peer got its status
+    (docs/protocol.md#endings)."""
     settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence,
         heartbeat_interval_sec=1, peer_timeout_sec=2, grpc_max_message_bytes=64 * 1024,
@@ -177,80 +230,51 @@ async def test_every_disconnect_reason_reaches_the_lifecycle_topic(
 
     monkeypatch.setattr(protocol, "records_for_message", faulty)
     statuses: dict[str, tuple[grpc.StatusCode, str]] = {}
-    async with aio_thread() as aio:
-        async with running_edge(settings) as edge:
-
-            async def phase_one() -> list[Any]:
-                """Everything but shutdown; returns the peers that stay for it, heartbeating."""
-                stayers = []
+    endings: dict[str, Callable[[GrpcioPeer], None]] = {
+        "p-closed": GrpcioPeer.half_close,
+        "p-cancelled": GrpcioPeer.cancel,
+        "p-timeout": lambda peer: None,
+        "p-garbage": lambda peer: peer.send(b"\xff\xfe\xfd random bytes"),
+        "p-second-registration": lambda peer: peer.send(
+            pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="again"))
+        ),
+        "p-oversized": lambda peer: peer.send(OVERSIZED),
+        "p-error": lambda peer: peer.send(delete_response("inject-bug")),
+    }
+    stayers: dict[str, tuple[GrpcioPeer, trio.Event]] = {}
+    async with running_edge(settings) as edge:
+        with grpcio_peers(edge, tls_files.ca_pem) as new_peer:
+            # Everything but shutdown, while two peers stay for it, heartbeating.
+            async with trio.open_nursery() as heartbeats:
                 for name in ("p-shutdown", "p-replaced"):
-                    peer = AioPeer(channel(edge.port, tls_files.ca_pem))
-                    await peer.register(name)
-                    stop = asyncio.Event()
-                    stayers.append((name, peer, stop, asyncio.ensure_future(peer.heartbeat_every(0.5, stop))))
+                    peer = new_peer()
+                    await register(peer, name)
+                    stayers[name] = (peer, trio.Event())
+                    heartbeats.start_soon(peer.heartbeat_until, stayers[name][1], 0.5)
 
-                async def ending(name: str, act: Any) -> None:
-                    peer = AioPeer(channel(edge.port, tls_files.ca_pem))
-                    await peer.register(name)
-                    await act(peer)
-                    statuses[name] = await peer.status()
+                async def ending(name: str) -> None:
+                    peer = new_peer()
+                    await register(peer, name)
+                    endings[name](peer)
+                    statuses[name] = await peer.wait_status()
 
-                async def half_close(peer: AioPeer) -> None:
-                    await peer.call.done_writing()
-
-                async def cancel(peer: AioPeer) -> None:
-                    peer.call.cancel()
-
-                async def silent(peer: AioPeer) -> None:
-                    pass
-
-                async def garbage(peer: AioPeer) -> None:
-                    await peer.send(b"\xff\xfe\xfd random bytes")
-
-                async def second_registration(peer: AioPeer) -> None:
-                    await peer.send(pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="again")))
-
-                async def oversized(peer: AioPeer) -> None:
-                    await peer.send(OVERSIZED)
-
-                async def bug(peer: AioPeer) -> None:
-                    await peer.send(delete_response("inject-bug"))
-
-                await asyncio.gather(
-                    ending("p-closed", half_close),
-                    ending("p-cancelled", cancel),
-                    ending("p-timeout", silent),
-                    ending("p-garbage", garbage),
-                    ending("p-second-registration", second_registration),
-                    ending("p-oversized", oversized),
-                    ending("p-error", bug),
-                )
-                _, old, old_stop, old_beating = stayers.pop()
-                old_stop.set()  # quiet before it is replaced (see AioPeer.heartbeat_every)
-                await old_beating
-                newer = AioPeer(channel(edge.port, tls_files.ca_pem))
-                await newer.register("p-replaced")
-                statuses["p-replaced/old"] = await old.status()
-                stop = asyncio.Event()
-                stayers.append(("p-replaced/new", newer, stop, asyncio.ensure_future(newer.heartbeat_every(0.5, stop))))
-                return stayers
-
-            async def quiet() -> None:
-                """Stop the heartbeats before the shutdown (well within PEER_TIMEOUT_SEC of it)."""
-                for _, _, stop, beating in stayers:
-                    stop.set()
-                    await beating
-
-            stayers = await aio.run(phase_one())
-            assert await edge.registered() == 2
-            await aio.run(quiet())
-        # The edge is stopped (its `with` block ended): the stayers get their shutdown status.
-
-        async def phase_two() -> None:
-            for name, peer, _, _ in stayers:
-                statuses[name] = await peer.status()
-
-        await aio.run(phase_two())
+                async with trio.open_nursery() as nursery:
+                    for name in endings:
+                        nursery.start_soon(ending, name)
+                old, old_quiet = stayers.pop("p-replaced")
+                old_quiet.set()  # quiet before it is replaced: a write racing the end of the call is not the test
+                newer = new_peer()
+                await register(newer, "p-replaced")
+                statuses["p-replaced/old"] = await old.wait_status()
+                stayers["p-replaced/new"] = (newer, trio.Event())
+                heartbeats.start_soon(newer.heartbeat_until, stayers["p-replaced/new"][1], 0.5)
+                assert await edge.registered() == 2
+                for _, quiet in stayers.values():  # before the shutdown, well within PEER_TIMEOUT_SEC of it
+                    quiet.set()
+            await edge.stop()
+            # The edge is stopped: the stayers get their shutdown status.
+            for name, (peer, _) in stayers.items():
+                statuses[name] = await peer.wait_status()
 
     cancelled = statuses.pop("p-cancelled")
     assert cancelled[0] == grpc.StatusCode.CANCELLED  # the client's own doing
@@ -312,54 +336,50 @@ async def test_bad_input_gets_clear_statuses_while_20_peers_lose_nothing(
         "not_registration": pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=1)).SerializeToString(),
         "over_limit": pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="one-too-many")).SerializeToString(),
     }
-    async with running_edge(settings) as edge, aio_thread() as aio:
+    good: dict[str, Any] = {}
+    bad: dict[str, Any] = {}
+    async with running_edge(settings) as edge:
+        with grpcio_peers(edge, tls_files.ca_pem) as new_peer:
+            peers = [new_peer() for _ in range(20)]
+            async with trio.open_nursery() as nursery:
+                for n, peer in enumerate(peers):
+                    nursery.start_soon(register, peer, f"good-{n:02d}")
 
-        async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
-            good = [AioPeer(channel(edge.port, tls_files.ca_pem)) for _ in range(20)]
-            await asyncio.gather(*(peer.register(f"good-{n:02d}") for n, peer in enumerate(good)))
-            go = asyncio.Event()
-
-            async def behave(n: int, peer: AioPeer) -> Any:
-                await go.wait()
+            async def behave(n: int, peer: GrpcioPeer) -> None:
                 for i in range(50):
-                    await peer.send(delete_response(f"good-{n:02d}-{i:03d}"))
+                    peer.send(delete_response(f"good-{n:02d}-{i:03d}"))
                     if i % 10 == 0:
-                        await peer.send(pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=i)))
-                    await asyncio.sleep(0)
-                await peer.call.done_writing()
-                return await peer.status(), [m.WhichOneof("payload") for m in peer.received]
+                        peer.send(pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=i)))
+                peer.half_close()
+                status = await peer.wait_status(timeout=60)
+                good[f"good-{n:02d}"] = status, [m.WhichOneof("payload") for m in peer.received]
 
-            async def misbehave(name: str) -> Any:
-                peer = AioPeer(channel(edge.port, tls_files.ca_pem))
+            async def misbehave(name: str) -> None:
+                peer = new_peer()
                 if name != "never_registers":
-                    await peer.send(bad_first[name])
-                status = await peer.status()
-                return status, [(m.registration_response.success, m.registration_response.error_message) for m in peer.received]
+                    peer.send(bad_first[name])
+                status = await peer.wait_status(timeout=30)
+                bad[name] = status, [(m.registration_response.success, m.registration_response.error_message) for m in peer.received]
 
-            async def register_twice() -> Any:
-                peer = AioPeer(channel(edge.port, tls_files.ca_pem))
-                await peer.register("twice")
-                await peer.send(pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="twice")))
-                return await peer.status(), []
+            async def register_twice() -> None:
+                peer = new_peer()
+                await register(peer, "twice")
+                peer.send(pb.PeerMessage(registration_request=pb.PeerRegistrationRequest(peer_name="twice")))
+                bad["second_registration"] = await peer.wait_status(timeout=30), []
 
             # Past MAX_PEERS (21) while the 20 and one more are connected ...
-            filler = AioPeer(channel(edge.port, tls_files.ca_pem))
-            await filler.register("filler")
-            over_limit = await misbehave("over_limit")
-            await filler.call.done_writing()
-            await filler.status()
+            filler = new_peer()
+            await register(filler, "filler")
+            await misbehave("over_limit")
+            filler.half_close()
+            await filler.wait_status(timeout=30)
             # ... then everything else at once.
-            go.set()
-            names = [name for name in bad_first if name != "over_limit"] + ["never_registers"]
-            results = await asyncio.gather(
-                *(behave(n, peer) for n, peer in enumerate(good)),
-                *(misbehave(name) for name in names),
-                register_twice(),
-            )
-            bad = dict(zip([*names, "second_registration"], results[20:]), over_limit=over_limit)
-            return dict(zip([f"good-{n:02d}" for n in range(20)], results[:20])), bad
-
-        good, bad = await aio.run(scenario())
+            async with trio.open_nursery() as nursery:
+                for n, peer in enumerate(peers):
+                    nursery.start_soon(behave, n, peer)
+                for name in [name for name in bad_first if name != "over_limit"] + ["never_registers"]:
+                    nursery.start_soon(misbehave, name)
+                nursery.start_soon(register_twice)
 
     for name, (status, kinds) in good.items():
         assert status == (grpc.StatusCode.OK, ""), name
@@ -539,7 +559,7 @@ async def _drop_200(settings: Any, ca_path: Path) -> tuple[dict[str, float], tup
             for wave in range(1, 10):
                 dropped_at.update(await cancelling.cancel(20))
                 with trio.fail_after(10):
-                    await edge.stats.wait_until(lambda s: s.streams_open == 200 - 20 * wave)
+                    await edge.stats.wait_until(lambda s, wave=wave: s.streams_open == 200 - 20 * wave)
             killed_at = time.time()
             killed.process.kill()
             dropped_at.update((f"killed-{n:03d}", killed_at) for n in range(20))

@@ -1,4 +1,5 @@
-"""Peer sessions under MockClock: liveness, handshake, takeover, endings, limits (SPEC 2, 5).
+"""Peer sessions under MockClock: liveness, handshake, takeover, endings, limits
+(docs/protocol.md#heartbeats-and-timeouts, #registration, #endings, #bad-input).
 
 Rules: the real handler behind the real transport over in-memory streams (tests/peers/support.py), an
 in-memory channel in place of the Kafka bridge; `mock_clock` where a test must show that something
@@ -92,8 +93,8 @@ async def test_any_inbound_message_refreshes_the_deadline(mock_clock: Any) -> No
 
 async def test_edge_heartbeats_go_out_at_the_configured_interval(autojump_clock: Any) -> None:
     """A peer that heartbeats every 9 s stays for 10 minutes and receives the edge's heartbeats at
-    exactly t0+10, t0+20, ... t0+600 (HEARTBEAT_INTERVAL_SEC; purerpc sends no HTTP/2 pings, RISKS 6),
-    each stamped by the injected clock."""
+    exactly t0+10, t0+20, ... t0+600 (HEARTBEAT_INTERVAL_SEC; purerpc sends no HTTP/2 pings,
+    docs/design.md#purerpc-no-keepalive), each stamped by the injected clock."""
     async with memory_edge(SETTINGS) as edge:
         peer = await edge.connect()
         await peer.register("steady")

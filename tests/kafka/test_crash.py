@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.bridge.support import Collector, command
-from tests.kafka.client import produce_records
-from tests.process import EdgeProcess
+from testing.kafka.client import produce_records
+from testing.process import EdgeProcess
+from tests.kafka.support import Collector, command
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

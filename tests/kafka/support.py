@@ -1,4 +1,5 @@
-"""Helpers for bridge tests against a real broker and real grpcio peers over TLS."""
+"""Helpers for the Kafka bridge tests against a real broker and real grpcio peers over TLS: a command's
+JSON, and a registered peer that keeps what it receives."""
 
 from __future__ import annotations
 
@@ -7,33 +8,8 @@ from typing import Any
 
 import trio
 
-from edge.config import Settings, settings_for_tests
 from edge.proto import pb
-from tests.grpcio_peer import GrpcioPeer
-
-
-def bridge_settings(edge_id: str, bootstrap: str, tls_files: Any, idempotence: bool, **overrides: Any) -> Settings:
-    """Settings for an in-process edge whose topics and group are all its own."""
-    base: dict[str, Any] = dict(
-        edge_id=edge_id,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=idempotence,
-        kafka_group_id=f"{edge_id}-group",
-        kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
-        kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
-        kafka_file_delete_responses_topic=f"{edge_id}-delete",
-        kafka_file_hash_responses_topic=f"{edge_id}-hash",
-        kafka_screenshot_capture_responses_topic=f"{edge_id}-shot",
-        kafka_file_remap_responses_topic=f"{edge_id}-remap",
-        kafka_session_timeout_sec=6.0,
-        kafka_request_timeout_sec=10.0,
-        kafka_commit_interval_ms=200,
-        grpc_use_tls=True,
-        grpc_cert_path=tls_files.cert_path,
-        grpc_key_path=tls_files.key_path,
-    )
-    base.update(overrides)
-    return settings_for_tests(**base)
+from testing.grpcio_peer import GrpcioPeer
 
 
 def command(peer_id: str, request_id: str, command_type: str = "file_delete", data: Any = None, **extra: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""Retry delays of SPEC section 3, exactly, for a seeded random source. Pure."""
+"""Retry delays of docs/protocol.md#retries-and-backoff, exactly, for a seeded random source. Pure."""
 
 from __future__ import annotations
 

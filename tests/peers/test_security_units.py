@@ -43,7 +43,7 @@ from edge.peers.tokens import (
     parse_hmac_secrets,
     verify_token,
 )
-from tests.security_support import assert_no_secrets
+from tests.peers.support import assert_no_secrets
 
 NOW = datetime.datetime(2026, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
 SECRET = b"s" * 40

@@ -1,5 +1,6 @@
-"""Events out, against a real broker: batching across the trio-asyncio boundary (RISKS 10), and the
-loop's exception handler (RISKS 9).
+"""Events out, against a real broker: batching across the trio-asyncio boundary
+(docs/design.md#trio-asyncio-crossing-cost), and the loop's exception handler
+(docs/design.md#trio-asyncio-handler-reraises).
 
 Rules: real clock for anything with a broker; waits only for conditions under deadlines.
 """
@@ -16,11 +17,11 @@ import trio_asyncio
 
 import edge
 from edge.nursery import log_asyncio_exception
-from edge.ops.readiness import KafkaState
 from edge.proto import pb
-from tests.bridge.support import Collector, bridge_settings
-from tests.kafka.broker import free_port
-from tests.kafka.client import consume_records
+from testing.kafka.broker import free_port
+from testing.kafka.client import consume_records
+from testing.settings import edge_settings
+from tests.kafka.support import Collector
 
 
 @pytest.mark.kafka
@@ -28,13 +29,14 @@ async def test_events_cross_the_boundary_in_batches(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
     """10 peers publish 1,000 events each: every one reaches Kafka, in per-peer order, with far fewer
-    trio -> asyncio crossings than events (one crossing costs ~40 us, RISKS 10)."""
-    settings = bridge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
+    trio -> asyncio crossings than events (one crossing costs ~40 us,
+    docs/design.md#trio-asyncio-crossing-cost)."""
+    settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     peers = [f"peer-{i}" for i in range(10)]
-    state = KafkaState()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+            started = await nursery.start(edge.serve, settings)
+            port = started.grpc_port
             collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peers]
             try:
                 for n in range(1000):
@@ -64,8 +66,9 @@ async def test_events_cross_the_boundary_in_batches(
 
 
 async def test_unretrieved_failed_future_does_not_tear_down_the_loop():
-    """RISKS 9: with the edge's handler installed, a failed asyncio future nobody awaits is logged and
-    the loop goes on serving crossings (trio-asyncio's default handler would raise into its nursery)."""
+    """docs/design.md#trio-asyncio-handler-reraises: with the edge's handler installed, a failed asyncio
+    future nobody awaits is logged and the loop goes on serving crossings (trio-asyncio's default handler
+    would raise into its nursery)."""
     with structlog.testing.capture_logs() as logs:
         async with trio_asyncio.open_loop() as loop:
             loop.set_exception_handler(log_asyncio_exception)
@@ -110,14 +113,14 @@ async def test_shutdown_with_kafka_unreachable_logs_what_it_could_not_flush(tls_
     """No broker at all: the edge starts within the start-up check's deadline, serves a peer, is not
     ready, and on shutdown gives up flushing after SHUTDOWN_TIMEOUT_SEC, logging how many events it
     could not produce (connected, catalog, disconnected)."""
-    settings = bridge_settings(
+    settings = edge_settings(
         "unflushed", f"127.0.0.1:{free_port()}", tls_files, True, shutdown_timeout_sec=1.0, kafka_request_timeout_sec=2.0
     )
-    state = KafkaState()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(10):
-                port = await nursery.start(lambda task_status: edge.serve(settings, kafka_state=state, task_status=task_status))
+                started = await nursery.start(edge.serve, settings)
+                port, state = started.grpc_port, started.runtime.health.kafka
             peer = await Collector.connect(nursery, "peer-u", port, tls_files.ca_pem)
             assert not state.ready
             nursery.cancel_scope.cancel()

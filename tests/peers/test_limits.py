@@ -1,5 +1,5 @@
 """Abuse limits on the wire: real TLS sockets, real grpcio peers (timing of the message meter under
-MockClock: tests/grpc/test_message_meter.py; the limits' arithmetic: tests/test_security_units.py).
+MockClock: tests/grpc/test_message_meter.py; the limits' arithmetic: tests/peers/test_security_units.py).
 
 Measured figures are printed (run with -s to see them) and asserted with wide margins: the machine is
 shared, so the assertions check the shape (the flooder is cut off, the others are not and keep moving),
@@ -23,16 +23,14 @@ import pytest
 import structlog
 import trio
 
-from edge.config import settings_for_tests
+from edge import nursery as edge_nursery
+from edge.peers.admission import Admission, load_admission
 from edge.proto import CONNECT_PATH, pb
-from tests.grpcio_peer import OWN_CONNECTION, GrpcioPeer
-from tests.security_support import running_peers, serve_relay
+from testing.grpcio_peer import OWN_CONNECTION, GrpcioPeer
+from testing.harness import MemoryBridge, running_edge
+from testing.relay import Relay
+from testing.settings import tls_settings
 
-
-def tls_settings(tls_files, **overrides):
-    return settings_for_tests(
-        grpc_use_tls=True, grpc_cert_path=tls_files.cert_path, grpc_key_path=tls_files.key_path, **overrides
-    )
 
 
 def hash_response(request_id: str) -> pb.PeerMessage:
@@ -58,16 +56,16 @@ FLOOD_MESSAGES = 20000
 
 
 async def start_flooder(nursery: trio.Nursery, port: int, root_path: Path, peer_id: str) -> trio.Process:
-    """tests/flood_peer.py in its own process, registered and waiting for a line on stdin."""
+    """tests/peers/flood_peer.py in its own process, registered and waiting for a line on stdin."""
     process = await nursery.start(
         partial(
             trio.run_process,
-            [sys.executable, "-m", "tests.flood_peer", "--port", str(port), "--root", str(root_path),
+            [sys.executable, "-m", "tests.peers.flood_peer", "--port", str(port), "--root", str(root_path),
              "--peer-id", peer_id, "--messages", str(FLOOD_MESSAGES)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             check=False,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
     )
     return process
@@ -96,11 +94,11 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
     root = tls_files.ca_pem
     root_path = tmp_path / "ca.pem"
     root_path.write_bytes(root)
-    async with running_peers(settings) as edge:
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
 
         def good_records(prefix: str) -> list[Any]:
             return [
-                r for r in edge.received
+                r for r in edge.bridge.published
                 if str(r.record.key).startswith(f"{prefix}-good-") and r.record.value.get("catalog_uuid")
             ]
 
@@ -126,8 +124,8 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
                             peer.send(hash_response(f"{peer_id}-{n}"))
                     total = GOOD_PEERS * GOOD_MESSAGES
                     # Each good peer's registration made two records (connected, full catalog) before.
-                    await edge.wait_for(
-                        lambda: sum(edge.counts[peer_id] for _, peer_id in peers) >= total + 2 * GOOD_PEERS, timeout=60
+                    await edge.bridge.wait_for(
+                        lambda: sum(edge.bridge.counts[peer_id] for _, peer_id in peers) >= total + 2 * GOOD_PEERS, timeout=60
                     )
                     cpu = time.process_time() - cpu_started
                     records = good_records(prefix)
@@ -136,10 +134,10 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
                         result = json.loads(await read_line(flooder.stdout, output))
                         assert result["code"] == "RESOURCE_EXHAUSTED"
                         assert result["details"] == "more than 50 messages per second (burst 100): slow down"
-                        await edge.wait_for(lambda: any(r.key == f"{prefix}-flooder" for r in edge.records(event_type="disconnected")))
-                        [gone] = [r for r in edge.received if r.record.key == f"{prefix}-flooder" and r.record.value.get("event_type") == "disconnected"]
+                        await edge.bridge.wait_for(lambda: any(r.key == f"{prefix}-flooder" for r in edge.bridge.records(event_type="disconnected")))
+                        [gone] = [r for r in edge.bridge.published if r.record.key == f"{prefix}-flooder" and r.record.value.get("event_type") == "disconnected"]
                         assert gone.record.value["reason"] == "protocol_error"
-                        accepted = sum(1 for r in edge.received if r.record.key == f"{prefix}-flooder" and r.record.value.get("catalog_uuid"))
+                        accepted = sum(1 for r in edge.bridge.published if r.record.key == f"{prefix}-flooder" and r.record.value.get("catalog_uuid"))
                         cut_after = gone.at - started
                         print(f"\nflooder: {accepted} of {FLOOD_MESSAGES} accepted ({result['sent']} sent by then), "
                               f"cut off {cut_after * 1000:.0f} ms after it began")
@@ -170,8 +168,8 @@ async def test_a_flooding_peer_is_cut_off_while_twenty_others_keep_their_through
         # off within burst + rate x elapsed messages instead of having all 20,000 published.
         assert flooded_cpu >= baseline_cpu / 3
         assert [e["event"] for e in logs].count("peer_protocol_error") == 1  # the flooder's only
-        await edge.wait_for(lambda: len(edge.records(event_type="disconnected")) == 2 * GOOD_PEERS + 1)
-        reasons = {r.key: r.value["reason"] for r in edge.records(event_type="disconnected")}
+        await edge.bridge.wait_for(lambda: len(edge.bridge.records(event_type="disconnected")) == 2 * GOOD_PEERS + 1)
+        reasons = {r.key: r.value["reason"] for r in edge.bridge.records(event_type="disconnected")}
         assert reasons.pop("p2-flooder") == "protocol_error"
         assert set(reasons.values()) == {"stream_closed"}  # the others left at the end of their phase
 
@@ -223,8 +221,8 @@ async def test_a_registration_flood_from_one_address_is_throttled_without_blocki
     root = tls_files.ca_pem
     results: list[tuple[str, grpc.StatusCode | None]] = []
     with structlog.testing.capture_logs() as logs:
-        async with running_peers(settings) as edge, trio.open_nursery() as nursery:
-            relay_port = await nursery.start(serve_relay, edge.port, "127.0.0.2")
+        async with running_edge(settings, bridge=MemoryBridge()) as edge, trio.open_nursery() as nursery:
+            relay_port = await nursery.start(Relay("127.0.0.1", edge.port, source_host="127.0.0.2").serve)
             flood_done = trio.Event()
 
             async def flood() -> None:
@@ -233,7 +231,7 @@ async def test_a_registration_flood_from_one_address_is_throttled_without_blocki
 
             started = trio.current_time()
             nursery.start_soon(flood)
-            await edge.wait_for(lambda: len(results) >= 30)  # the flood is under way, being throttled
+            await edge.bridge.wait_for(lambda: len(results) >= 30, poll=0.01)  # the flood is under way, being throttled
             calm = [(GrpcioPeer(edge.port, root_certificates=root, own_connection=True), f"calm-{i}") for i in range(10)]
             latencies: list[float] = []
             try:
@@ -270,19 +268,35 @@ async def test_a_registration_flood_from_one_address_is_throttled_without_blocki
     throttled_logs = [e for e in logs if e["event"] == "peer_registrations_throttled"]
     assert throttled_logs and all(e["source"] == "127.0.0.2" for e in throttled_logs)
     assert len(throttled_logs) <= admitted - 20 + 1  # one line per throttling episode, not one per stream
+    assert edge.refused("address_throttled") == len(throttled)  # every one counted, though not every one logged
     assert not any(e.get("source") == "127.0.0.1" for e in logs)
 
 
 # ------------------------------------------------------------------------- unregistered streams, catalog
 
 
-async def test_streams_waiting_to_register_are_capped(tls_files):
+def edge_admission(monkeypatch: pytest.MonkeyPatch) -> list[Admission]:
+    """Where the Admission that `edge.serve` builds (and keeps to itself) will be, for a test that
+    counts the streams it holds."""
+    made: list[Admission] = []
+
+    def load(*args: Any) -> Admission:
+        made.append(load_admission(*args))
+        return made[-1]
+
+    monkeypatch.setattr(edge_nursery, "load_admission", load)
+    return made
+
+
+async def test_streams_waiting_to_register_are_capped(tls_files, monkeypatch):
     """MAX_UNREGISTERED_STREAMS=3: three streams that never register hold the three places; a fourth
     stream is refused at once with RESOURCE_EXHAUSTED; a registered peer is unaffected; once one of the
     three goes away a new peer registers."""
     settings = tls_settings(tls_files, max_unregistered_streams=3)
     root = tls_files.ca_pem
-    async with running_peers(settings) as edge:
+    admissions = edge_admission(monkeypatch)
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
+        [admission] = admissions
         # A grpcio call opens its stream when it is created: each peer is made only when its turn comes.
         peers = [GrpcioPeer(edge.port, root_certificates=root, own_connection=True)]
         try:
@@ -291,7 +305,7 @@ async def test_streams_waiting_to_register_are_capped(tls_files):
             assert (await registered.receive_kind("registration_response")).registration_response.success
             silent = [GrpcioPeer(edge.port, root_certificates=root, own_connection=True) for _ in range(3)]
             peers += silent
-            await edge.wait_for(lambda: edge.admission.unregistered_streams == 3)
+            await edge.bridge.wait_for(lambda: admission.unregistered_streams == 3, poll=0.01)
             late = GrpcioPeer(edge.port, root_certificates=root, own_connection=True)
             peers.append(late)
             late.register("peer-late")
@@ -300,15 +314,16 @@ async def test_streams_waiting_to_register_are_capped(tls_files):
             code, details = await late.wait_status()
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details == "edge has too many streams waiting to register; retry later"
+            assert edge.refused("unregistered_streams_full") == 1 and edge.refused("address_throttled") == 0
             silent[0].cancel()
-            await edge.wait_for(lambda: edge.admission.unregistered_streams == 2)
+            await edge.bridge.wait_for(lambda: admission.unregistered_streams == 2, poll=0.01)
             after = GrpcioPeer(edge.port, root_certificates=root, own_connection=True)
             peers.append(after)
             after.register("peer-after")
             assert (await after.receive_kind("registration_response")).registration_response.success
             registered.send(hash_response("still-here"))
-            await edge.wait_for(lambda: any(r.value.get("request_id") == "still-here" for r in edge.records()))
-            assert edge.admission.unregistered_streams == 2
+            await edge.bridge.wait_for(lambda: any(r.value.get("request_id") == "still-here" for r in edge.bridge.records()))
+            assert admission.unregistered_streams == 2
         finally:
             for peer in peers:
                 peer.close()
@@ -319,7 +334,7 @@ async def test_catalog_over_max_catalog_size_is_refused_and_publishes_nothing(tl
     response saying so) before anything is published; exactly 3 is accepted."""
     settings = tls_settings(tls_files, max_catalog_size=3)
     root = tls_files.ca_pem
-    async with running_peers(settings) as edge:
+    async with running_edge(settings, bridge=MemoryBridge()) as edge:
         big = GrpcioPeer(edge.port, root_certificates=root)
         fits = GrpcioPeer(edge.port, root_certificates=root)
         try:
@@ -331,8 +346,8 @@ async def test_catalog_over_max_catalog_size_is_refused_and_publishes_nothing(tl
             assert (await big.wait_status())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
             fits.register("peer-fits", catalog=["a", "b", "c"])
             assert (await fits.receive_kind("registration_response")).registration_response.success
-            await edge.wait_for(lambda: len(edge.records()) >= 2)
+            await edge.bridge.wait_for(lambda: len(edge.bridge.records()) >= 2)
         finally:
             big.close()
             fits.close()
-    assert {r.key for r in edge.records()} == {"peer-fits"}
+    assert {r.key for r in edge.bridge.records()} == {"peer-fits"}

@@ -9,13 +9,13 @@ import trio
 import trio_asyncio
 
 from edge.kafka.topics import TopicsMissing, ensure_topics, missing_topics, required_topics
-from tests.bridge.support import bridge_settings
-from tests.kafka.client import create_topics, topic_partitions
-from tests.process import EdgeProcess
+from testing.kafka.client import create_topics, topic_partitions
+from testing.process import EdgeProcess
+from testing.settings import edge_settings
 
 
 def test_required_topics_cover_everything_the_edge_reads_and_writes(tls_files):
-    settings = bridge_settings("e7", "k:9092", tls_files, True)
+    settings = edge_settings("e7", "k:9092", tls_files, True)
     names = required_topics(settings)
     assert names[0] == "edge-commands-e7" and "edge-commands-e7.deadletter" in names
     assert set(settings.produced_topics()) <= set(names) and len(names) == len(set(names)) == 8
@@ -26,7 +26,7 @@ def test_required_topics_cover_everything_the_edge_reads_and_writes(tls_files):
 async def test_missing_topics_are_created_with_the_configured_partitions(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, kafka_topic_partitions=2
     )
     await create_topics(kafka_bootstrap, [settings.kafka_peer_catalog_updates_topic], partitions=5)
@@ -60,7 +60,7 @@ async def test_missing_topics_without_creation_stop_the_edge_with_exit_code_2(
             assert await process.wait_exit(60) == 2
         finally:
             process.kill()
-    await trio.sleep(0)  # let the log reader take the last lines
+    await trio.lowlevel.checkpoint()  # let the log reader take the last lines
     [line] = [e["line"] for e in process.events if e.get("event") == "unparsed" and e["line"]]
     assert line.startswith("edge: configuration error: KAFKA_CREATE_TOPICS: expected true, or these topics")
     assert f"edge-commands-{kafka_topic_prefix}" in line and f"edge-commands-{kafka_topic_prefix}.deadletter" in line

@@ -1,12 +1,14 @@
 """Test-side Kafka helpers: produce, consume and create topics with aiokafka, called from Trio.
 
 Each helper opens its own trio-asyncio loop (nesting inside a test's own loop is fine), installs an
-exception handler that logs instead of tearing the loop down (RISKS 9), does all its asyncio work in
-one `aio_as_trio` crossing, awaits every send future, stops every client it starts, and bounds
-everything with a deadline: an asyncio-side timeout that ends the work cleanly, and a Trio-side one a
-little later as a backstop (a cancel crossing into asyncio can return late, RISKS 10).
+exception handler that logs instead of tearing the loop down (docs/design.md#trio-asyncio-handler-reraises),
+does all its asyncio work in one `aio_as_trio` crossing, awaits every send future, stops every client it
+starts, and bounds everything with a deadline: an asyncio-side timeout that ends the work cleanly, and a
+Trio-side one a little later as a backstop (a cancel crossing into asyncio can return late,
+docs/design.md#trio-asyncio-late-cancel).
 
-These talk to real brokers, so tests using them must run on the real clock, never MockClock (RISKS 13).
+These talk to real brokers, so tests using them must run on the real clock, never MockClock
+(docs/design.md#mock-clock-real-io).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ async def _in_loop(timeout: float, fn: Any, *args: Any) -> Any:
             loop.set_exception_handler(_log_loop_exception)
             try:
                 result = await trio_asyncio.aio_as_trio(fn)(*args)
-            except Exception as error:  # re-raised below, outside the loop's nursery
+            except Exception as error:  # noqa: BLE001 - re-raised below, outside the loop's nursery
                 failure = error
     if failure is not None:
         raise failure

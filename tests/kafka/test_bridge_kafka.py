@@ -1,8 +1,8 @@
 """Commands in, against a real Kafka broker, with real grpcio peers over TLS.
 
-Rules: these tests run on the real clock (RISKS 13) and wait only for conditions under deadlines.
-Each test has its own edge id, so its own topics and consumer group. Commands are produced with the
-test harness's own aiokafka producer, dead letters read back with its consumer.
+Rules: these tests run on the real clock (docs/design.md#mock-clock-real-io) and wait only for conditions
+under deadlines. Each test has its own edge id, so its own topics and consumer group. Commands are produced
+with the test harness's own aiokafka producer, dead letters read back with its consumer.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from aiokafka import AIOKafkaConsumer
 
 import edge
 from edge.proto import pb
-from tests.bridge.support import Collector, bridge_settings, command
-from tests.kafka.client import consume_records, create_topics, produce_records, wait_until_committed
+from testing.kafka.client import consume_records, create_topics, produce_records, wait_until_committed
+from testing.settings import edge_settings
+from tests.kafka.support import Collector, command
 
 pytestmark = pytest.mark.kafka
 
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.kafka
 async def test_each_command_type_reaches_a_connected_peer(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
-    """The five command types of SPEC section 3 arrive as the EdgeMessages of section 2."""
-    settings = bridge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
+    """The five command types of docs/protocol.md#commands arrive as the EdgeMessages of
+    docs/protocol.md#messages."""
+    settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     commands = [
         ("file_delete", {"catalog_uuids": ["c1", "c2"]}),
         ("file_hash", {"catalog_uuid": "c1", "hash_types": ["sha256"]}),
@@ -37,7 +39,7 @@ async def test_each_command_type_reaches_a_connected_peer(
         ("batch_file_offer_response", {"files": [{"peer_luid": "l1", "catalog_uuid": "c1"}]}),
     ]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = await Collector.connect(nursery, "peer-a", port, tls_files.ca_pem)
         try:
             records = [("peer-a", command("peer-a", f"r-{kind}", kind, data)) for kind, data in commands]
@@ -71,10 +73,10 @@ async def test_500_commands_for_10_peers_arrive_in_per_peer_topic_order(
 ):
     """Interleaved commands over 3 partitions: each peer gets its 50 in the order they were produced,
     each exactly once, and the group's commit reaches the end of every partition."""
-    settings = bridge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
+    settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     peers = [f"peer-{i}" for i in range(10)]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         collectors = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in peers]
         try:
             records = [(peers[n % 10], command(peers[n % 10], f"r-{n:03d}")) for n in range(500)]
@@ -95,9 +97,10 @@ async def test_each_dead_letter_reason_with_the_spec_fields(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
     """invalid_json, invalid_command, unknown_command_type, expired (on arrival and while held),
-    peer_not_connected and delivery_failed (past RETRY_MAX_HELD_COMMANDS), each with the SPEC's fields
-    and the source topic/partition/offset; the commit then passes all of them."""
-    settings = bridge_settings(
+    peer_not_connected and delivery_failed (past RETRY_MAX_HELD_COMMANDS), each with the fields of
+    docs/protocol.md#dead-letters and the source topic/partition/offset; the commit then passes all of
+    them."""
+    settings = edge_settings(
         kafka_topic_prefix,
         kafka_bootstrap,
         tls_files,
@@ -159,12 +162,12 @@ async def test_poison_record_does_not_block_its_partition(
 ):
     """A record that is not JSON between good ones (same partition, same key) is dead-lettered; the
     commands after it are delivered and the commit passes it."""
-    settings = bridge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
+    settings = edge_settings(kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence)
     topic = settings.commands_topic
     records = [("peer-p", command("peer-p", f"r-{n}")) for n in range(5)]
     records.insert(2, ("peer-p", b"\x00\x01 poison, not JSON"))
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(edge.serve, settings)
+        port = (await nursery.start(edge.serve, settings)).grpc_port
         peer = await Collector.connect(nursery, "peer-p", port, tls_files.ca_pem)
         try:
             sent = await produce_records(kafka_bootstrap, topic, records)
@@ -184,7 +187,7 @@ async def test_peer_that_connects_during_the_retries_gets_the_command(
     kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
 ):
     """The command is read while its peer is away; the peer registers during the retries and gets it."""
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix,
         kafka_bootstrap,
         tls_files,
@@ -195,7 +198,7 @@ async def test_peer_that_connects_during_the_retries_gets_the_command(
     )
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             await produce_records(kafka_bootstrap, settings.commands_topic, [("late", command("late", "r-late"))])
             with trio.fail_after(30):
                 while sum(1 for e in logs if e["event"] == "command_retry_scheduled") < 2:
@@ -220,7 +223,7 @@ async def test_rebalance_commits_what_is_settled_and_the_next_owner_skips_it(
     already (no duplicates), and the absent peer still gets its command when it connects. Periodic
     commits are made rare here, so what is committed comes from the revocation and, at the end, from
     the commit the consumer makes before it stops."""
-    settings = bridge_settings(
+    settings = edge_settings(
         kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, kafka_commit_interval_ms=600_000
     )
     topic = settings.commands_topic
@@ -228,7 +231,7 @@ async def test_rebalance_commits_what_is_settled_and_the_next_owner_skips_it(
     later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)).isoformat()
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(edge.serve, settings)
+            port = (await nursery.start(edge.serve, settings)).grpc_port
             online = [await Collector.connect(nursery, p, port, tls_files.ca_pem) for p in ("peer-a", "peer-b", "peer-c")]
             try:
                 records = [("absent", command("absent", "r-held", expires_at=later))]

@@ -10,9 +10,9 @@ or killed hard, so tests can take Kafka away from a running edge and bring it ba
 
 Command line (from the repository root):
 
-    python -m tests.kafka.broker fetch            # download the jars if not cached; print the dir
-    python -m tests.kafka.broker run [--port N]   # run a broker in the foreground until Ctrl-C
-    python -m tests.kafka.broker run --tansu      # the same with the embedded Tansu broker
+    python -m testing.kafka.broker fetch            # download the jars if not cached; print the dir
+    python -m testing.kafka.broker run [--port N]   # run a broker in the foreground until Ctrl-C
+    python -m testing.kafka.broker run --tansu      # the same with the embedded Tansu broker
 
 Environment: EDGE_KAFKA_VERSION picks another Kafka release (default KAFKA_VERSION); EDGE_KAFKA_CACHE
 is the directory the jars go to (default ~/.cache/giggityflix-edge/kafka-<version>).
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from edge import embedded_kafka
+    from edge import broker_probe
 
 KAFKA_VERSION: Final = "4.4.0"
 POM: Final = Path(__file__).with_name("pom.xml")
@@ -171,9 +171,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _proto() -> ModuleType:
     # Imported on first use: `fetch` must work before the edge package is importable.
-    from edge import embedded_kafka
+    from edge import broker_probe
 
-    return embedded_kafka
+    return broker_probe
 
 
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
@@ -190,7 +190,7 @@ def _exchange(sock: socket.socket, request: bytes) -> bytes:
         buffer += chunk
 
 
-def probe(host: str, port: int, timeout: float = 2.0) -> tuple[embedded_kafka.BrokerNode, ...]:
+def probe(host: str, port: int, timeout: float = 2.0) -> tuple[broker_probe.BrokerNode, ...]:
     """ApiVersions then Metadata against host:port; the brokers listed. Raises OSError or KafkaProbeError."""
     proto = _proto()
     with socket.create_connection((host, port), timeout=timeout) as sock:
@@ -640,7 +640,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.kafka.broker", description=__doc__.split("\n\n")[0]
+        prog="python -m testing.kafka.broker", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="download the Kafka jars into the cache (if missing)")

@@ -1,7 +1,8 @@
 """A peer driven by the real grpcio client, for tests that claim gRPC behaviour.
 
 grpcio's blocking API runs in worker threads (`trio.to_thread`), so the test's Trio loop is never
-blocked; every receive waits under a Trio deadline.
+blocked; every receive waits under a Trio deadline. Sends only queue the message: grpcio's own thread
+writes it, in order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import trio
 from edge.proto import CONNECT_PATH, pb
 
 _END = object()
+_HEARTBEAT = pb.PeerMessage(heartbeat=pb.Heartbeat(sent_at_unix_ms=1))
 
 
 #: One TCP connection per channel (grpcio otherwise may share one between identical channels).
@@ -25,7 +27,8 @@ class GrpcioPeer:
     """One `Connect` stream from a grpcio channel of its own (or of `channel=`, shared; not closed here).
 
     `client_certificate=(private_key_pem, certificate_chain_pem)` presents a TLS client certificate;
-    `own_connection=True` keeps this channel off grpcio's shared subchannel pool.
+    `own_connection=True` keeps this channel off grpcio's shared subchannel pool. Every message
+    received is kept in `received`.
     """
 
     def __init__(
@@ -55,9 +58,10 @@ class GrpcioPeer:
         self._requests: queue.Queue = queue.Queue()
         connect = self.channel.stream_stream(
             CONNECT_PATH,
-            request_serializer=pb.PeerMessage.SerializeToString,
+            request_serializer=_serialize,
             response_deserializer=pb.EdgeMessage.FromString,
         )
+        self.received: list[pb.EdgeMessage] = []
         self.call = connect(self._request_iterator(), metadata=metadata, compression=compression)
         self._responses = iter(self.call)
 
@@ -68,7 +72,8 @@ class GrpcioPeer:
                 return
             yield item
 
-    def send(self, message: pb.PeerMessage) -> None:
+    def send(self, message: pb.PeerMessage | bytes) -> None:
+        """Queue a message; bytes go on the wire as they are (a test can send anything)."""
         self._requests.put(message)
 
     def register(self, peer_id: str, catalog=(), request_id: str = "reg-1") -> None:
@@ -78,6 +83,13 @@ class GrpcioPeer:
                 registration_request=pb.PeerRegistrationRequest(peer_name=peer_id, catalog_uuids=list(catalog)),
             )
         )
+
+    async def heartbeat_until(self, stop: trio.Event, interval: float) -> None:
+        """Send a heartbeat every `interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            self.send(_HEARTBEAT)
+            with trio.move_on_after(interval):
+                await stop.wait()
 
     def half_close(self) -> None:
         self._requests.put(_END)
@@ -94,7 +106,10 @@ class GrpcioPeer:
     async def receive(self, timeout: float = 10.0) -> pb.EdgeMessage | None:
         """The next EdgeMessage, or None once the server ended the stream."""
         with trio.fail_after(timeout):
-            return await trio.to_thread.run_sync(self._next, abandon_on_cancel=True)
+            message = await trio.to_thread.run_sync(self._next, abandon_on_cancel=True)
+        if message is not None:
+            self.received.append(message)
+        return message
 
     async def receive_kind(self, kind: str, timeout: float = 10.0) -> pb.EdgeMessage:
         """Skip heartbeats until a message of `kind` arrives."""
@@ -123,3 +138,7 @@ class GrpcioPeer:
 
     def code(self):
         return self.call.code() if self.call.done() else None
+
+
+def _serialize(message: pb.PeerMessage | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()

@@ -1,5 +1,5 @@
 """The consumer's own decisions, without a broker: the stall watch, the window, and the Trio deadline
-around aiokafka calls (RISKS 11) against a socket that accepts and never answers."""
+around aiokafka calls (docs/design.md#aiokafka-hangs) against a socket that accepts and never answers."""
 
 from __future__ import annotations
 
@@ -93,5 +93,6 @@ async def test_aiokafka_calls_end_at_the_trio_deadline_when_the_broker_is_silent
                     await ensure_topics(settings, timeout=1.0)
                 else:
                     await cross(1.0, AioConsumer(settings, CommandIntake(OffsetTracker(), 10)).start)
-            assert trio.current_time() - began < 5.0  # the deadline, plus asyncio's cleanup (RISKS 10)
+            # the deadline, plus asyncio's cleanup (docs/design.md#trio-asyncio-late-cancel)
+            assert trio.current_time() - began < 5.0
         nursery.cancel_scope.cancel()

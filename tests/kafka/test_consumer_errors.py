@@ -20,8 +20,8 @@ from edge.nursery import utc_now
 from edge.ops.metrics import EdgeMetrics
 from edge.ops.readiness import KafkaState
 from edge.records import OutboundRecord
-from tests.bridge.support import command
-from tests.kafka.client import create_topics, produce_records
+from testing.kafka.client import create_topics, produce_records
+from tests.kafka.support import command
 
 pytestmark = pytest.mark.kafka
 

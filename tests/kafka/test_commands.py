@@ -74,7 +74,8 @@ EXPECTED_MESSAGES = {
 
 @pytest.mark.parametrize("command_type", sorted(EXPECTED_MESSAGES))
 def test_each_command_type_becomes_its_edge_message(command_type):
-    """Every command_type of SPEC section 3 becomes the EdgeMessage of section 2 with its request_id."""
+    """Every command_type of docs/protocol.md#commands becomes the EdgeMessage of docs/protocol.md#messages
+    with its request_id."""
     data, expected = EXPECTED_MESSAGES[command_type]
     result = parse(command(command_type, data, request_id="r-1"))
     assert isinstance(result, Command)
