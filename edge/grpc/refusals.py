@@ -31,8 +31,27 @@ IDLE_TIMEOUT: Final = "idle_timeout"
 #: Causes on the ops HTTP port (edge.ops.http_limits).
 HTTP_EVICTED: Final = "http_evicted"
 HTTP_HEAD_TIMEOUT: Final = "http_head_timeout"
+#: Causes of the HTTP/2 frame budgets (edge.grpc.frame_guard, edge.grpc.outbound): GOAWAY, then closed.
+FRAME_CAUSES: Final = (
+    "frame_too_large",
+    "ping_flood",
+    "settings_flood",
+    "reset_flood",
+    "window_update_flood",
+    "empty_frames_flood",
+    "empty_header_name",
+    "not_reading",
+)
 #: Every cause, pre-created in the metric so a dashboard reads 0 rather than nothing.
-CAUSES: Final = (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, ACCEPT_FAILED, IDLE_TIMEOUT, HTTP_EVICTED, HTTP_HEAD_TIMEOUT)
+CAUSES: Final = (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    ACCEPT_FAILED,
+    IDLE_TIMEOUT,
+    HTTP_EVICTED,
+    HTTP_HEAD_TIMEOUT,
+    *FRAME_CAUSES,
+)
 
 #: Seconds between two `refusals_summary` lines (at most one line per interval, none when quiet).
 SUMMARY_INTERVAL: Final = 10.0
