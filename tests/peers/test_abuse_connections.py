@@ -19,6 +19,7 @@ from edge.grpc import GrpcServerConfig, GrpcServerStats, serve_grpc_connection
 from edge.grpc.connection_limits import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS
 from edge.grpc.listeners import ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX
 from edge.grpc.refusals import ACCEPT_FAILED, IDLE_TIMEOUT, RefusalTally, serve_refusal_summaries
+from edge.ops import memory
 from edge.ops.fd_limit import raise_open_files_limit
 from edge.proto import CONNECT_PATH
 from testing.grpcio_peer import GrpcioPeer
@@ -274,3 +275,12 @@ async def test_addresses_holding_streams_that_never_register_cannot_lock_new_pee
                       if block.get("grpc-status") == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]))
         assert refused >= 1500 - settings.max_unregistered_streams
         nursery.cancel_scope.cancel()
+
+
+async def test_the_c_heap_is_trimmed_once_per_interval(autojump_clock, monkeypatch):
+    """After a flood, freed C memory goes back to the system: `malloc_trim` once per TRIM_INTERVAL."""
+    trims: list[float] = []
+    monkeypatch.setattr(memory, "malloc_trim", lambda: lambda: trims.append(trio.current_time()) or 1)
+    with trio.move_on_after(3.5 * memory.TRIM_INTERVAL):
+        await memory.serve_memory_trim()
+    assert trims == [memory.TRIM_INTERVAL * n for n in (1, 2, 3)]
