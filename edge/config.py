@@ -28,11 +28,12 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 PEER_AUTH_MODES: Final = ("none", "mtls", "token", "mtls_or_token")
 
 
-def _setting(env: str, default: Any, accepts: str, validator: Any = None) -> Any:
+def _setting(env: str, default: Any, accepts: str, validator: Any = None, words: Mapping[str, Any] | None = None) -> Any:
+    """A setting read from `env`; `words` are spelled-out values (case-insensitive) read as the value given."""
     return attrs.field(
         default=default,
         validator=validator,
-        metadata={"env": env, "accepts": accepts},
+        metadata={"env": env, "accepts": accepts, "words": dict(words or {})},
     )
 
 
@@ -234,8 +235,13 @@ class Settings:
     kafka_topic_partitions: int = _setting(
         "KAFKA_TOPIC_PARTITIONS", 3, "a whole number above 0", rule.positive
     )
+    #: 0 (`auto`): min(AUTO_REPLICATION_FACTOR, brokers in the cluster), read when topics are created.
     kafka_topic_replication_factor: int = _setting(
-        "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "a whole number above 0", rule.positive
+        "KAFKA_TOPIC_REPLICATION_FACTOR",
+        1,
+        "a whole number above 0, or auto (0): min(3, the brokers in the cluster)",
+        rule.non_negative,
+        words={"auto": 0},
     )
     #: Raw screenshot bytes forwarded (base64) in a screenshot response record; larger: an error record.
     screenshot_max_bytes: int = _setting(
@@ -348,7 +354,8 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
     raw: dict[str, Any] = {}
     for variable, field in env_variables().items():
         if variable in environ:
-            raw[field.name] = environ[variable]
+            text = environ[variable]
+            raw[field.name] = field.metadata.get("words", {}).get(text.strip().lower(), text)
     raw.update(overrides)
     try:
         return _CONVERTER.structure(raw, Settings)

@@ -174,6 +174,14 @@ def test_bad_values_name_the_variable(variable):
     assert "\n" not in str(caught.value)
 
 
+def test_replication_factor_auto_reads_as_zero():
+    assert load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": " Auto "}).kafka_topic_replication_factor == 0
+    assert load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": "0"}).kafka_topic_replication_factor == 0
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": "-1"})
+    assert "auto" in caught.value.accepts
+
+
 def test_timeout_must_exceed_heartbeat():
     with pytest.raises(ConfigError) as caught:
         load_settings({"HEARTBEAT_INTERVAL_SEC": "60", "PEER_TIMEOUT_SEC": "60"})
