@@ -6,6 +6,8 @@ examples:
   python -m bench capacity --peers 1000,5000,10000
   python -m bench events --rates 2000,5000,0 --profile py-spy
   python -m bench events,commands,disconnect    # several scenarios, one broker, raw limits shared
+  python -m bench abuse --duration 20 --abuse-after 60  # issue 11's attacks beside 20 good peers (~15 min)
+  python -m bench abuse --duration 5 --abuse-after 10 --vectors rapid_reset,ping_flood
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import trio
 import trio_asyncio
 
 from bench import machine
+from bench.abuse import AbuseParams, abuse
+from bench.attackers import VECTORS
 from bench.kafka import BenchKafka
 from bench.report import Figure, table, write_json
 from bench.runner import Bench, BenchBroker, raise_fd_limit
@@ -30,6 +34,8 @@ from edge.certs import write_dev_certificates
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ("raw", "capacity", "events", "commands", "disconnect", "shutdown")
+#: Scenarios run only when named (not part of `all`).
+NAMED_ONLY = ("abuse",)
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -38,8 +44,9 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def _scenarios(text: str) -> str:
     names = text.split(",")
-    if text != "all" and not all(name in ORDER for name in names):
-        raise argparse.ArgumentTypeError(f"not a scenario: {text!r} (choose from {', '.join(ORDER)} or all)")
+    if text != "all" and not all(name in ORDER + NAMED_ONLY for name in names):
+        raise argparse.ArgumentTypeError(
+            f"not a scenario: {text!r} (choose from {', '.join(ORDER + NAMED_ONLY)} or all)")
     return text
 
 
@@ -60,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-procs", type=int, help="load generator processes (default: one per load core)")
     parser.add_argument("--profile", choices=("py-spy", "pyinstrument"), help="profile every edge; saved to the results")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-limit measurements (no ratios)")
+    parser.add_argument("--abuse-after", type=float, help="abuse: seconds of quiet after each attack before RSS (60)")
+    parser.add_argument("--vectors", help=f"abuse: attacks to run, joined by commas (default all: {', '.join(VECTORS)})")
     return parser.parse_args(argv)
 
 
@@ -74,9 +83,23 @@ def params_from(args: argparse.Namespace) -> Params:
     return p
 
 
+def abuse_params(args: argparse.Namespace) -> AbuseParams:
+    ap = AbuseParams()
+    if args.duration:
+        ap = attrs.evolve(ap, vector_sec=args.duration)
+    if args.abuse_after is not None:
+        ap = attrs.evolve(ap, after_sec=args.abuse_after)
+    if args.vectors:
+        unknown = set(args.vectors.split(",")) - set(VECTORS)
+        if unknown:
+            raise SystemExit(f"--vectors: unknown {sorted(unknown)}; choose from {', '.join(VECTORS)}")
+        ap = attrs.evolve(ap, vectors=tuple(args.vectors.split(",")))
+    return ap
+
+
 async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, out: Path, bootstrap: str,
               broker_pid: int | None) -> dict[str, dict]:
-    names = ORDER if args.scenario == "all" else tuple(n for n in ORDER if n in args.scenario.split(","))
+    names = ORDER if args.scenario == "all" else tuple(n for n in ORDER + NAMED_ONLY if n in args.scenario.split(","))
     if args.no_raw:
         names = tuple(n for n in names if n != "raw")
     results: dict[str, dict] = {}
@@ -89,7 +112,10 @@ async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, o
             print(f"== {name}", file=sys.stderr)
             began = time.monotonic()
             try:
-                results[name] = await SCENARIOS[name](bench, params)
+                if name == "abuse":
+                    results[name] = await abuse(bench, params, abuse_params(args))
+                else:
+                    results[name] = await SCENARIOS[name](bench, params)
             except Exception as error:  # noqa: BLE001 - one failed scenario must not lose the others' results
                 results[name] = {"error": f"{type(error).__name__}: {error}", "figures": [
                     Figure(f"{name}: FAILED", None, "", note=f"{type(error).__name__}: {error}"[:120])]}

@@ -115,6 +115,19 @@ class Settings:
     grpc_max_concurrent_streams: int = _setting(
         "GRPC_MAX_CONCURRENT_STREAMS", 100, "a whole number above 0 (streams per connection)", rule.positive
     )
+    #: Connections open at once on the peer port, TLS handshakes included; one more is reset at accept.
+    grpc_max_connections: int = _setting(
+        "GRPC_MAX_CONNECTIONS", 20000, "a whole number of connections above 0", rule.positive
+    )
+    #: The same from one source address (IPv6: one /64).
+    grpc_max_connections_per_address: int = _setting(
+        "GRPC_MAX_CONNECTIONS_PER_ADDRESS", 256, "a whole number of connections, 0 or more (0: no limit)",
+        rule.non_negative,
+    )
+    #: A peer-port connection with no open stream for this long gets GOAWAY and is closed.
+    grpc_idle_timeout_sec: float = _setting(
+        "GRPC_IDLE_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", rule.positive
+    )
 
     # Peer identity and abuse limits (docs/security.md)
     peer_auth_mode: str = _setting(

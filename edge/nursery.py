@@ -3,6 +3,9 @@
 Task tree of `serve`; nesting is shutdown order, innermost first:
 
     serve                              trio-asyncio loop, event channel, registry
+      serve_ops_http                   (edge.ops.http) /healthz, /readyz, /metrics; outlives the drain
+      serve_refusal_summaries          (edge.grpc.refusals) one log line per interval of refusals
+      serve_memory_trim                (edge.ops.memory) the C heap trimmed once a minute
       serve_kafka_bridge               (edge.kafka) producer, command consumer and router; outlives
                                        the peer side; holds a clone of the event channel's send end
                                        for dead letters
@@ -35,8 +38,11 @@ import trio
 import trio_asyncio
 
 from edge.config import Address, Settings
+from edge.grpc.refusals import serve_refusal_summaries
 from edge.kafka.bridge import serve_kafka_bridge
+from edge.ops.fd_limit import raise_open_files_limit
 from edge.ops.http import serve_ops_http
+from edge.ops.memory import serve_memory_trim
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import load_admission
@@ -118,6 +124,7 @@ async def serve(
     runtime: EdgeRuntime | None = None,
     kafka_state: KafkaState | None = None,
     bridge: Bridge = serve_kafka_bridge,
+    raise_open_files: bool = False,
     task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the edge until cancelled. Reports a `Started` through `task_status` once peers can connect.
@@ -126,10 +133,13 @@ async def serve(
     one to read them from outside. `kafka_state`, if given, is the one the bridge keeps up to date
     (the runtime's readiness reads it). The ops HTTP endpoint (HEALTH_HTTP_ADDRESS) starts first and
     stops last: it keeps answering during the drain (`/readyz` 503, `/metrics` live) for at most
-    SHUTDOWN_DEADLINE_SEC after cancellation.
+    SHUTDOWN_DEADLINE_SEC after cancellation. `raise_open_files`: raise RLIMIT_NOFILE to its hard limit
+    (edge.ops.fd_limit) once the settings are known to be valid (`run` does; an embedding program need not).
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
     admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
+    if raise_open_files:  # a process-wide limit: only the process (`run`) raises it, once it is valid
+        raise_open_files_limit(settings.grpc_max_connections)
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
@@ -156,6 +166,10 @@ async def serve(
                     await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
                 except OSError as error:
                     raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
+            # Refusals on either port: one summary line per interval (the last one as the edge stops);
+            # the C heap trimmed now and then, so a flood's memory goes back once it is over.
+            upkeep_scope = trio.CancelScope()
+            await outer.start(_serve_upkeep_in, upkeep_scope, runtime)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_drain_started, ops_scope, settings)
@@ -176,6 +190,7 @@ async def serve(
                     task_status.started(Started(port, runtime.http_port, runtime, registry))
             finally:
                 ops_scope.cancel()
+                upkeep_scope.cancel()
     log.info("edge_stopped", edge_id=settings.edge_id)
 
 
@@ -184,6 +199,14 @@ async def _serve_ops_http_in(
 ) -> None:
     with scope:
         await serve_ops_http(address, runtime, task_status=task_status)
+
+
+async def _serve_upkeep_in(scope: trio.CancelScope, runtime: EdgeRuntime, *, task_status: trio.TaskStatus[None]) -> None:
+    with scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_memory_trim)
+            await nursery.start(serve_refusal_summaries, runtime.refusals)
+            task_status.started()
 
 
 async def _drain_started(ops_scope: trio.CancelScope, settings: Settings) -> None:
@@ -210,7 +233,7 @@ async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafk
             # edge drains.
             outer.start_soon(_watch_signals, edge_scope, settings.shutdown_deadline_sec)
             async with trio.open_nursery() as inner:
-                await inner.start(serve, settings)
+                await inner.start(partial(serve, settings, raise_open_files=True))
         log.info("shutdown_complete", edge_id=settings.edge_id)
         outer.cancel_scope.cancel()
 

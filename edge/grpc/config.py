@@ -57,6 +57,13 @@ class GrpcServerConfig:
     max_header_list_bytes: int = attrs.field(default=DEFAULT_MAX_HEADER_LIST_BYTES, validator=v.ge(1024))
     #: A connection whose socket accepts no bytes for this long is declared dead.
     write_stall_timeout: float = attrs.field(default=60.0, validator=_positive_float)
+    #: Open connections at once (TLS handshakes included); one more is reset as it is accepted.
+    max_connections: int = attrs.field(default=20000, validator=v.ge(1))
+    #: Open connections at once from one source address (IPv6: one /64); 0: no such limit.
+    max_connections_per_address: int = attrs.field(default=256, validator=v.ge(0))
+    #: Seconds a connection may have no open stream (from its HTTP/2 start or its last stream's
+    #: end) before it gets GOAWAY and is closed.
+    idle_timeout: float = attrs.field(default=30.0, validator=_positive_float)
     #: Makes each stream's inbound message meter, given the stream's start time (Trio time); over
     #: its limit the stream fails with RateLimited (RESOURCE_EXHAUSTED). None: no per-stream rate limit.
     message_meter: Callable[[float], InboundMeter] | None = attrs.field(default=None, eq=False)

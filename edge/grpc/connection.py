@@ -6,6 +6,7 @@ Task tree (nesting order is shutdown order):
       ServerConnection._run   owns the connection's nursery; its body is the reader
         _reader_loop            socket -> GrpcServerProtocol -> wake streams / start stream tasks
         _writer_loop            GrpcServerProtocol -> socket, one chunk at a time under the send lock
+        _close_when_idle        stops the reader once no stream has been open for `idle_timeout`
         StreamTasks._run        one per stream, see `stream_tasks.py`
       ServerConnection._close GOAWAY, flush, close; shielded, under a deadline (over TCP the close
                               first waits for the client's EOF: `sockets.LingeringSocketStream`)
@@ -19,6 +20,7 @@ Endings:
   stream is terminated (ConnectionLost) and the socket is closed at once, while the handlers finish on
   their own or are cancelled after `shutdown_grace`.
 * a write fails or stalls for `write_stall_timeout`: the writer cancels the reader; as above.
+* no stream open for `idle_timeout`: the idle watch cancels the reader; GOAWAY (NO_ERROR) and close.
 * every stream over its message rate: the reader stops reading at once, lets the handlers send their
   statuses (within `shutdown_grace`), then as above.
 * cancelled (server shutdown): the same cancellation reaches the handlers, each of which queues
@@ -54,6 +56,7 @@ from edge.grpc.events import (
 )
 from edge.grpc.metrics import ServerMetrics
 from edge.grpc.protocol import GrpcServerProtocol
+from edge.grpc.refusals import IDLE_TIMEOUT
 from edge.grpc.sockets import find_remote_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler, StreamTasks
@@ -130,6 +133,8 @@ class ServerConnection:
         self._transport_broken = False
         self._closed = False
         self._failure_reason: str | None = None
+        self._idle_closed = False
+        self._idle_scope = trio.CancelScope()
         self._drain_waiting = False
         self._buffered_reported = 0
         address = f"{remote_address[0]}:{remote_address[1]}" if remote_address else None
@@ -203,11 +208,14 @@ class ServerConnection:
                 peer_certificate=self.peer_certificate,
             )
             nursery.start_soon(self._writer_loop)
+            nursery.start_soon(self._close_when_idle, streams)
             ending: tuple[str, bool] | None = None
             try:
                 with self._reader_scope:
                     ending = await self._reader_loop(streams)
-                if ending is None:  # the writer stopped the reader
+                if ending is None and self._idle_closed:
+                    ending = ("idle", True)
+                elif ending is None:  # the writer stopped the reader
                     ending = (self._failure_reason or "transport failed", False)
             finally:
                 if ending is None:
@@ -232,6 +240,7 @@ class ServerConnection:
         (self._log.debug if normal else self._log.info)("grpc_connection_ended", reason=reason, streams=len(streams))
         streams.terminate_all(reason)
         self._writer_scope.cancel()
+        self._idle_scope.cancel()
 
     async def _close(self) -> None:
         """GOAWAY (unless the connection already failed), flush, close. Shielded, under a deadline.
@@ -260,6 +269,16 @@ class ServerConnection:
         self._closed = True
         await trio.aclose_forcefully(self._transport)
 
+    async def _close_when_idle(self, streams: StreamTasks) -> None:
+        """Once no stream has been open for `idle_timeout`, stop the reader: `_run` says GOAWAY, closes."""
+        with self._idle_scope:
+            await streams.wait_idle(self._config.idle_timeout)
+        if self._idle_scope.cancelled_caught:
+            return
+        self._idle_closed = True
+        self._stats.refusals.count(IDLE_TIMEOUT)
+        self._reader_scope.cancel()
+
     # ---- reading
 
     async def _reader_loop(self, streams: StreamTasks) -> tuple[str, bool]:
@@ -286,7 +305,8 @@ class ServerConnection:
                 return "protocol error", False
             except ConnectionAbuse as abuse:
                 self._stats.connections_refused[abuse.reason] += 1
-                self._log.info("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
+                self._stats.refusals.count(abuse.reason)  # the metric, and the summary line (refusals.py)
+                self._log.debug("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
                 self._close_deadline = trio.current_time() + ABUSE_CLOSE_TIMEOUT
                 self._transport_broken = not abuse.flush  # a client that does not read: close, write nothing
                 return f"refused ({abuse.reason})", False

@@ -7,6 +7,13 @@ Task tree (nesting order is shutdown order):
       _serve_accepted           one per accepted socket, in the connections nursery: keepalive, a
                                 lingering close, TLS, then `serve_grpc_connection` (`connection.py`)
 
+Limits at the door (docs/security.md, "Transport threat model"): a socket over `max_connections`, or over
+`max_connections_per_address` for its source address (IPv6: its /64), is reset the moment it is accepted,
+before it has a task or a TLS state; accept() failing for lack of file descriptors or memory (EMFILE,
+ENFILE, ENOMEM, ENOBUFS) backs the loop off, from ACCEPT_BACKOFF_FIRST doubling up to ACCEPT_BACKOFF_MAX,
+instead of spinning. Each is counted by cause in `stats.refusals` (one summary line per interval, never
+one line each: `refusals.py`).
+
 Cancelled (server shutdown): every listener socket is closed first, synchronously, in the step that
 delivers the cancellation, so no connection is accepted while the open ones drain; then each connection
 sends its final statuses and GOAWAY and closes under `shutdown_grace` (see `connection.py`).
@@ -15,7 +22,6 @@ sends its final statuses and GOAWAY and closes under `shutdown_grace` (see `conn
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Mapping
 from typing import Final
 
@@ -24,15 +30,19 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.connection import serve_grpc_connection
+from edge.grpc.connection_limits import ConnectionCounts, address_key
 from edge.grpc.metrics import ServerMetrics
-from edge.grpc.sockets import LingeringSocketStream, set_keepalive, socket_peer_address
+from edge.grpc.refusals import ACCEPT_FAILED
+from edge.grpc.sockets import LingeringSocketStream, reset_and_close, set_keepalive, socket_peer_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler
 
 log = structlog.get_logger(__name__)
 
-#: Pause after accept() fails for lack of file descriptors or memory (as trio.serve_listeners does).
-ACCEPT_RETRY_DELAY: Final = 0.1
+#: Pauses after accept() fails for lack of file descriptors or memory: the first, doubled after each
+#: failure in a row up to the last; an accept that succeeds starts again from the first.
+ACCEPT_BACKOFF_FIRST: Final = 0.01
+ACCEPT_BACKOFF_MAX: Final = 1.0
 _ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
@@ -53,6 +63,7 @@ async def serve_grpc(
     routes = dict(routes)
     stats = stats if stats is not None else GrpcServerStats()
     listeners = await _open_listeners(config)
+    counts = ConnectionCounts(config.max_connections, config.max_connections_per_address)
     try:
         port: int = listeners[0].socket.getsockname()[1]
         log.info("grpc_listening", host=config.host, port=port, tls=config.ssl_context is not None)
@@ -60,7 +71,7 @@ async def serve_grpc(
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
-                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, metrics)
+                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, metrics, counts)
                     task_status.started(port)
             finally:
                 # First step of shutdown: no new connections while the open ones drain.
@@ -98,7 +109,9 @@ async def _accept_loop(
     config: GrpcServerConfig,
     stats: GrpcServerStats,
     metrics: ServerMetrics,
+    counts: ConnectionCounts,
 ) -> None:
+    delay = ACCEPT_BACKOFF_FIRST
     try:
         while True:
             try:
@@ -106,10 +119,21 @@ async def _accept_loop(
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("grpc_accept_failed", error=os.strerror(exc.errno), retry_in=ACCEPT_RETRY_DELAY)
-                await trio.sleep(ACCEPT_RETRY_DELAY)
+                stats.refusals.count(ACCEPT_FAILED)
+                await trio.sleep(delay)
+                delay = min(2 * delay, ACCEPT_BACKOFF_MAX)
                 continue
-            connections.start_soon(_serve_accepted, sock_stream, routes, config, stats, metrics)
+            delay = ACCEPT_BACKOFF_FIRST
+            remote_address = socket_peer_address(sock_stream.socket)
+            key = address_key(remote_address[0] if remote_address else None)
+            refused = counts.admit(key)
+            if refused is not None:
+                stats.refusals.count(refused)
+                reset_and_close(sock_stream.socket)
+                continue
+            connections.start_soon(
+                _serve_accepted, sock_stream, remote_address, key, routes, config, stats, metrics, counts
+            )
     finally:
         # Synchronously, in the same scheduling step that delivers the cancellation: the listener is
         # closed before any connection has written its final statuses or GOAWAY.
@@ -118,15 +142,22 @@ async def _accept_loop(
 
 async def _serve_accepted(
     sock_stream: trio.SocketStream,
+    remote_address: tuple[str, int] | None,
+    key: str | None,
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     stats: GrpcServerStats,
     metrics: ServerMetrics,
+    counts: ConnectionCounts,
 ) -> None:
-    remote_address = socket_peer_address(sock_stream.socket)
-    set_keepalive(sock_stream.socket)
-    # Closing waits (within shutdown_grace) for the client's EOF, so the last statuses are not reset.
-    transport: trio.abc.Stream = LingeringSocketStream(sock_stream, linger=config.shutdown_grace)
-    if config.ssl_context is not None:
-        transport = trio.SSLStream(transport, config.ssl_context, server_side=True)
-    await serve_grpc_connection(transport, routes, config, metrics=metrics, stats=stats, remote_address=remote_address)
+    try:
+        set_keepalive(sock_stream.socket)
+        # Closing waits (within shutdown_grace) for the client's EOF, so the last statuses are not reset.
+        transport: trio.abc.Stream = LingeringSocketStream(sock_stream, linger=config.shutdown_grace)
+        if config.ssl_context is not None:
+            transport = trio.SSLStream(transport, config.ssl_context, server_side=True)
+        await serve_grpc_connection(
+            transport, routes, config, metrics=metrics, stats=stats, remote_address=remote_address
+        )
+    finally:
+        counts.release(key)

@@ -10,6 +10,7 @@ at once.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any, Final
 
 import trio
@@ -40,6 +41,16 @@ def set_keepalive(sock: trio.socket.SocketType) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
     except OSError:
         pass  # best effort; a dead socket shows up on first use
+
+
+def reset_and_close(sock: trio.socket.SocketType) -> None:
+    """Close at once with a TCP reset (SO_LINGER 0): a refused socket leaves no FIN_WAIT or TIME_WAIT
+    state behind on the edge, whatever the client does next."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already dead: a plain close is all there is to do
+    sock.close()
 
 
 def find_remote_address(stream: trio.abc.Stream) -> tuple[str, int] | None:

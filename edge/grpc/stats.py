@@ -9,6 +9,7 @@ import attrs
 import trio
 
 from edge.grpc.limits import HeldBytesBudget
+from edge.grpc.refusals import RefusalTally
 
 
 @attrs.define(eq=False)
@@ -43,6 +44,8 @@ class GrpcServerStats:
     held_bytes: int = 0
     held_bytes_peak: int = 0
     held_refused: int = 0
+    #: Connections refused or closed by a limit, by cause (may be shared with the ops HTTP port).
+    refusals: RefusalTally = attrs.field(factory=RefusalTally)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
     def report_held(self, budget: HeldBytesBudget | None) -> None:

@@ -84,6 +84,8 @@ class StreamTasks:
         self._peer_certificate = peer_certificate
         self._streams: dict[int, ServerStream] = {}
         self._changed = trio.Event()
+        #: Since when (Trio time) no stream has been open; None while one is.
+        self.idle_since: float | None = trio.current_time()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -115,6 +117,8 @@ class StreamTasks:
             metrics=self._metrics.call_started(request.path, trio.current_time()),
         )
         self._streams[request.stream_id] = stream
+        self.idle_since = None
+        self._wake_watchers()
         self._stats.streams_started += 1
         self._stats.streams_open += 1
         self._stats.notify()
@@ -133,6 +137,19 @@ class StreamTasks:
     def wake_all_senders(self) -> None:
         for stream in self._streams.values():
             stream.wake_output()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Return once no stream has been open for `timeout` seconds (counted from `idle_since`)."""
+        while True:
+            idle_since = self.idle_since
+            with trio.move_on_at(math.inf if idle_since is None else idle_since + timeout):
+                await self._changed.wait()
+                continue
+            return
+
+    def _wake_watchers(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def wait_all_finished(self, timeout: float) -> None:
         """Let the handlers end their streams by themselves, for at most `timeout` seconds."""
@@ -234,8 +251,9 @@ class StreamTasks:
             stream.metrics.handled(StatusCode.CANCELLED, trio.current_time())
             stream_log.debug("grpc_stream_gone", reason=str(termination))
         stream.mark_finished()
-        self._changed.set()
-        self._changed = trio.Event()
+        if not self._streams:
+            self.idle_since = trio.current_time()
+        self._wake_watchers()
         self._stats.streams_open -= 1
         self._host.report_buffered()
         self._stats.notify()

@@ -27,13 +27,13 @@ Every metric, with its meaning, is listed in docs/operations.md.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
@@ -54,6 +54,8 @@ REFUSAL_CAUSES: Final = (
     # admission, before the stream is read (edge.peers.admission)
     "address_throttled",
     "unregistered_streams_full",
+    "unregistered_share",
+    "unregistered_displaced",
     # the registration itself (edge.peers.handler)
     "invalid",
     "unauthenticated",
@@ -121,6 +123,26 @@ class _LiveCollector:
                 family.add_metric(list(label_values), value)
             families.append(family)
         return families
+
+
+class _CountsByLabel:
+    """A counter family read at scrape time from a mapping the component that counts keeps up to date."""
+
+    def __init__(
+        self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, int]], known: Sequence[str]
+    ) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._read, self._known = read, tuple(known)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        counts = self._read()
+        for value in (*self._known, *sorted(set(counts) - set(self._known))):
+            family.add_metric([value], float(counts.get(value, 0)))
+        yield family
 
 
 @attrs.define(eq=False)
@@ -271,6 +293,19 @@ class EdgeMetrics:
         )
         self._live.add(
             _name("grpc_streams_open"), "Open gRPC streams (all methods) on the peer port.", (), lambda: [((), float(streams_open()))]
+        )
+
+    def observe_connection_refusals(self, totals: Callable[[], Mapping[str, int]], causes: Sequence[str]) -> None:
+        """Expose connections refused or closed by a limit, by cause (edge.grpc.refusals), read at scrape
+        time; every one of `causes` is shown, at 0 until it happens."""
+        self.registry.register(
+            _CountsByLabel(
+                _name("connections_refused"),
+                "Connections refused or closed by a connection-level limit (peer and ops ports), by cause.",
+                "cause",
+                totals,
+                causes,
+            )
         )
 
     # --- helpers for one-line call sites ----------------------------------------------------------

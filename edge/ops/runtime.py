@@ -2,7 +2,8 @@
 
 `serve` makes one per call (or takes the caller's) and reports it in `edge.Started`:
 the metrics registry, the readiness state (with the Kafka bridge's `KafkaState` inside), the gRPC
-transport's live counters, and the ports actually bound (useful with port 0).
+transport's live counters, the connection refusals of both ports (one tally, summarized in the log by
+`edge.grpc.refusals.serve_refusal_summaries`), and the ports actually bound (useful with port 0).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import attrs
 
 from edge.grpc import GrpcServerStats, Handler
+from edge.grpc.refusals import CAUSES, RefusalTally
 from edge.ops.health import EdgeHealth, HealthService
 from edge.ops.metrics import EdgeMetrics
 from edge.ops.reflection import ReflectionService
@@ -21,13 +23,17 @@ class EdgeRuntime:
     metrics: EdgeMetrics
     health: EdgeHealth = attrs.field(factory=EdgeHealth)
     grpc_stats: GrpcServerStats = attrs.field(factory=GrpcServerStats)
+    #: Connections refused or closed by a limit, by cause, on the peer port and the ops HTTP port.
+    refusals: RefusalTally = attrs.field(factory=RefusalTally)
     #: Bound ports, filled in as the servers start (None until then, or when turned off).
     grpc_port: int | None = None
     http_port: int | None = None
 
     @classmethod
     def create(cls, edge_id: str = "") -> EdgeRuntime:
-        runtime = cls(metrics=EdgeMetrics.create(edge_id))
+        refusals = RefusalTally()
+        runtime = cls(metrics=EdgeMetrics.create(edge_id), grpc_stats=GrpcServerStats(refusals=refusals), refusals=refusals)
+        runtime.metrics.observe_connection_refusals(lambda: refusals.totals, CAUSES)
         health = runtime.health  # read through it at scrape time: `serve` may give it another KafkaState
         runtime.metrics.observe_kafka(
             lambda: health.kafka.producer_connected,

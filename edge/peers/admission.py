@@ -14,10 +14,13 @@ Each hook into the peer server is one call:
   gets RESOURCE_EXHAUSTED saying why, after the messages that arrived within the limit.
 * `admission.guard(handler, metrics)` wraps the `Connect` handler (edge.peers.server). Before the handler
   runs, a new stream is counted against its source address (PEER_REGISTRATION_RATE_PER_ADDRESS) and
-  against the streams still waiting to register (MAX_UNREGISTERED_STREAMS); over either it is refused at
-  once with RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be
-  sent), counted in `registrations_refused` (cause `address_throttled` or `unregistered_streams_full`),
-  and costs nothing more.
+  against the streams still waiting to register (MAX_UNREGISTERED_STREAMS, with a fair share per source
+  address: edge.peers.limits.UnregisteredStreams); over either it is refused at once with
+  RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be sent),
+  counted in `registrations_refused` (cause `address_throttled`, `unregistered_share` or
+  `unregistered_streams_full`), and costs nothing more. When the cap is full, a stream from an address
+  holding fewer places displaces the oldest waiting stream of the address holding most, which ends with
+  RESOURCE_EXHAUSTED (DISPLACED_MESSAGE; cause `unregistered_displaced`).
   Then its credentials are checked on their own, from the request's HEADERS (edge.peers.auth.prove):
   proving nothing, it is refused UNAUTHENTICATED before its registration is read, having held no more
   than its 64 KiB initial window; proven (or with PEER_AUTH_MODE=none), its window is opened
@@ -31,6 +34,7 @@ Each hook into the peer server is one call:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ssl
 import stat
@@ -46,8 +50,9 @@ from edge.config import ConfigError, Settings
 from edge.grpc import Handler, ServerStream, Status, StatusCode, StreamError
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
+from edge.grpc.connection_limits import address_key
 from edge.peers.auth import AuthMode, Presented, Proven, Refused, TokenPolicy, match, prove
-from edge.peers.limits import AddressThrottle, UnregisteredStreams, address_key
+from edge.peers.limits import FULL, OVER_SHARE, AddressThrottle, UnregisteredStreams
 from edge.peers.protocol import PeerProtocolError, Registration
 from edge.peers.tokens import KeyFileError, TokenKeys, parse_ed25519_public_keys, parse_hmac_secrets
 
@@ -56,6 +61,8 @@ log = structlog.get_logger(__name__)
 #: How long a refusal of the guard may take to write before the stream is closed without it. Short:
 #: a flood of refused streams must not hold tasks.
 GUARD_REFUSAL_WRITE_TIMEOUT: Final = 1.0
+#: The status of a stream displaced from the streams waiting to register (see `UnregisteredStreams`).
+DISPLACED_MESSAGE: Final = "displaced by a newer stream while waiting to register; retry later"
 #: Largest key file read (a file of secrets or public keys is a few KiB).
 MAX_KEY_FILE_BYTES: Final = 1024 * 1024
 
@@ -73,10 +80,13 @@ class Admission:
     now: Callable[[], datetime.datetime]
     throttle: AddressThrottle
     unregistered: UnregisteredStreams
-    _pending: set[ServerStream] = attrs.field(factory=set, init=False)
+    #: Streams waiting to register, by source address key, oldest first, each with its handler's scope.
+    _waiting: dict[str | None, dict[ServerStream, trio.CancelScope]] = attrs.field(factory=dict, init=False)
+    _sources: dict[ServerStream, str | None] = attrs.field(factory=dict, init=False)
+    _displaced: set[ServerStream] = attrs.field(factory=set, init=False)
+    _unregistered_refusals: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     #: What each pending stream's credentials proved on its HEADERS (see `_authenticate`).
     _proofs: dict[ServerStream, Proven] = attrs.field(factory=dict, init=False)
-    _unregistered_refusals: int = attrs.field(default=0, init=False)
 
     @classmethod
     def from_settings(
@@ -119,26 +129,57 @@ class Admission:
             metrics.registrations_refused.labels(cause="address_throttled").inc()
             message = f"too many new streams from this address (over {self.throttle.rate:g} per second); retry later"
             return await self._refuse(stream, StatusCode.RESOURCE_EXHAUSTED, message)
-        if not self.unregistered.try_enter():
-            self._unregistered_refusals += 1
-            if self._unregistered_refusals == 1:
-                log.warning("peer_unregistered_streams_full", limit=self.unregistered.limit)
-            metrics.registrations_refused.labels(cause="unregistered_streams_full").inc()
-            message = "edge has too many streams waiting to register; retry later"
+        entry = self.unregistered.enter(source)
+        if not entry.admitted:
+            self._note_unregistered_refusal(entry.refused or FULL)
+            metrics.registrations_refused.labels(cause=entry.refused or FULL).inc()
+            if entry.refused == OVER_SHARE:
+                message = "this address has too many streams waiting to register; retry later"
+            else:
+                message = "edge has too many streams waiting to register; retry later"
             return await self._refuse(stream, StatusCode.RESOURCE_EXHAUSTED, message)
-        if self._unregistered_refusals:
-            log.info("peer_unregistered_streams_available", refused=self._unregistered_refusals)
-            self._unregistered_refusals = 0
-        self._pending.add(stream)
+        if entry.displace is not None:
+            self._displace_oldest(entry.displace)
+        elif self._unregistered_refusals:
+            log.info("peer_unregistered_streams_available", refused=dict(self._unregistered_refusals))
+            self._unregistered_refusals.clear()
+        scope = trio.CancelScope()
+        self._waiting.setdefault(source, {})[stream] = scope
+        self._sources[stream] = source
         try:
-            refused = self._authenticate(stream)
-            if refused is not None:
-                metrics.registration_refused(refused.code)  # cause "unauthenticated", as at registration
-                return await self._refuse(stream, refused.code, refused.message)
-            return await handler(stream)
+            with scope:
+                refused = self._authenticate(stream)
+                if refused is not None:
+                    metrics.registration_refused(refused.code)  # cause "unauthenticated", as at registration
+                    return await self._refuse(stream, refused.code, refused.message)
+                return await handler(stream)
+            metrics.registrations_refused.labels(cause="unregistered_displaced").inc()  # only when displaced
+            return Status(StatusCode.RESOURCE_EXHAUSTED, DISPLACED_MESSAGE)
         finally:
             self._proofs.pop(stream, None)
             self._leave_unregistered(stream)
+            self._displaced.discard(stream)
+
+    def _note_unregistered_refusal(self, cause: str) -> None:
+        """One warning when refusals (or displacements) begin, one info line with their counts when a
+        stream is admitted normally again: never one line per stream."""
+        if not self._unregistered_refusals:
+            log.warning("peer_unregistered_streams_full", limit=self.unregistered.limit, cause=cause)
+        self._unregistered_refusals[cause] += 1
+
+    def _displace_oldest(self, source: str | None) -> None:
+        """End the oldest stream still waiting to register from `source` (its place was already given up)."""
+        waiting = self._waiting.get(source)
+        if not waiting:
+            return
+        stream, scope = next(iter(waiting.items()))
+        del waiting[stream]
+        if not waiting:
+            del self._waiting[source]
+        del self._sources[stream]
+        self._displaced.add(stream)
+        self._note_unregistered_refusal("displaced")
+        scope.cancel()
 
     def _authenticate(self, stream: ServerStream) -> Refused | None:
         """On the request's HEADERS, before its registration is read: a stream whose credentials prove
@@ -163,15 +204,22 @@ class Admission:
         return Status(code, message)
 
     def _leave_unregistered(self, stream: ServerStream) -> None:
-        if stream in self._pending:
-            self._pending.discard(stream)
-            self.unregistered.leave()
+        if stream not in self._sources:
+            return
+        source = self._sources.pop(stream)
+        waiting = self._waiting.get(source, {})
+        waiting.pop(stream, None)
+        if not waiting:
+            self._waiting.pop(source, None)
+        self.unregistered.leave(source)
 
     # ---- hook 2: the claimed peer id
 
     def authorize(self, stream: ServerStream, registration: Registration) -> None:
         """Admit `registration.peer_id` on `stream`, or raise PeerProtocolError (UNAUTHENTICATED or
         PERMISSION_DENIED, with a message safe to send)."""
+        if stream in self._displaced:  # ended for a newcomer an instant ago: its end is on its way
+            raise PeerProtocolError(DISPLACED_MESSAGE, StatusCode.RESOURCE_EXHAUSTED)
         proof = self._proofs.get(stream)
         if proof is None:  # not through `guard`
             presented = Presented.from_stream(stream.metadata, stream.peer_certificate)

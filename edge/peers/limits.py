@@ -3,11 +3,10 @@
 Three limits protect the peer port (each a setting, see docs/security.md):
 
 * `AddressThrottle`: new `Connect` streams per second per source address (PEER_REGISTRATION_RATE_PER_ADDRESS,
-  burst PEER_REGISTRATION_BURST_PER_ADDRESS). IPv4 addresses are keyed whole, IPv6 by their /64 (one
-  household or server usually owns a whole /64, so keying single IPv6 addresses would be no limit at all).
-  The table of buckets is bounded (least recently used address forgotten first).
+  burst PEER_REGISTRATION_BURST_PER_ADDRESS), keyed by `edge.grpc.connection_limits.address_key` (IPv4
+  whole, IPv6 by its /64). The table of buckets is bounded (least recently used address forgotten first).
 * `UnregisteredStreams`: streams that have not proven an identity yet, over the whole edge
-  (MAX_UNREGISTERED_STREAMS).
+  (MAX_UNREGISTERED_STREAMS), with a fair share per source address.
 * `MessageMeter`: messages per second from one peer's stream, counted by the transport as they arrive
   (PEER_MESSAGE_RATE, burst PEER_MESSAGE_BURST).
 
@@ -17,7 +16,6 @@ Every method takes `now` (seconds, `trio.current_time()` in the edge) so tests d
 from __future__ import annotations
 
 import collections
-import ipaddress
 from collections.abc import Callable
 from functools import partial
 from typing import Final
@@ -79,22 +77,6 @@ class TokenBucket:
         return self.tokens >= self.burst
 
 
-def address_key(host: str | None) -> str | None:
-    """The throttling key of a source address: IPv4 whole, IPv6 by /64, IPv4-mapped IPv6 as IPv4.
-    None (no TCP peer, e.g. an in-memory test stream) is never throttled."""
-    if host is None:
-        return None
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 @attrs.frozen
 class ThrottleVerdict:
     allowed: bool
@@ -147,22 +129,82 @@ class AddressThrottle:
         return ThrottleVerdict(False, episode_started=state.refused == 1)
 
 
+#: The fewest streams waiting to register that any source address may hold, however many addresses share
+#: MAX_UNREGISTERED_STREAMS (a peer host with several peers behind it registers them at once).
+MIN_UNREGISTERED_SHARE: Final = 8
+
+#: Why `UnregisteredStreams.enter` said no.
+OVER_SHARE: Final = "unregistered_share"
+FULL: Final = "unregistered_streams_full"
+
+
+@attrs.frozen
+class EntryVerdict:
+    admitted: bool
+    #: Admitted by displacing one waiting stream of this address (the caller ends that stream).
+    displace: str | None = None
+    #: Not admitted: OVER_SHARE or FULL.
+    refused: str | None = None
+
+
 @attrs.define
 class UnregisteredStreams:
-    """Streams that are still in their handshake (no identity proven yet), over the whole edge."""
+    """Streams that have not proven an identity yet (MAX_UNREGISTERED_STREAMS), over the whole edge and per
+    source address key, so that a few addresses cannot hold every place and lock new peers out.
+
+    * An address may hold at most its share: max(MIN_UNREGISTERED_SHARE, limit // (addresses + 1)), where
+      `addresses` are those holding a place, the asking one included; the + 1 keeps a share free for an
+      address not seen yet. Over it: refused (OVER_SHARE).
+    * The shares shrink as addresses arrive, so the first ones may hold more than today's share and fill
+      the cap. A stream that finds it full is admitted by displacing the oldest waiting stream of the
+      address that holds most, if that address holds more than the asking one; otherwise refused (FULL).
+
+    Key None (no TCP peer: an in-memory stream) counts against the cap only.
+    """
 
     limit: int
+    min_share: int = MIN_UNREGISTERED_SHARE
     count: int = 0
+    _held: dict[str, int] = attrs.field(factory=dict, init=False)
 
-    def try_enter(self) -> bool:
+    def share(self, key: str | None = None) -> int:
+        addresses = len(self._held) + (0 if key is None or key in self._held else 1)
+        return max(self.min_share, self.limit // (addresses + 1))
+
+    def held_by(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def enter(self, key: str | None = None) -> EntryVerdict:
+        held = 0 if key is None else self._held.get(key, 0)
+        if key is not None and held >= self.share(key):
+            return EntryVerdict(False, refused=OVER_SHARE)
+        displace = None
         if self.count >= self.limit:
-            return False
+            top = max(self._held, key=self._held.__getitem__, default=None)
+            if top is None or top == key or self._held[top] <= held:
+                return EntryVerdict(False, refused=FULL)
+            displace = top
+            self.leave(top)
         self.count += 1
-        return True
+        if key is not None:
+            self._held[key] = held + 1
+        return EntryVerdict(True, displace=displace)
 
-    def leave(self) -> None:
+    def try_enter(self, key: str | None = None) -> bool:
+        return self.enter(key).admitted
+
+    def leave(self, key: str | None = None) -> None:
         if self.count > 0:
             self.count -= 1
+        if key is not None and key in self._held:
+            if self._held[key] > 1:
+                self._held[key] -= 1
+            else:
+                del self._held[key]
+
+    @property
+    def addresses(self) -> int:
+        return len(self._held)
 
 
 @attrs.define

@@ -64,6 +64,9 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
         ssl_context=ssl_context,
         max_message_bytes=settings.grpc_max_message_bytes,
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
+        max_connections=settings.grpc_max_connections,
+        max_connections_per_address=settings.grpc_max_connections_per_address,
+        idle_timeout=settings.grpc_idle_timeout_sec,
         shutdown_grace=settings.shutdown_timeout_sec,
         message_meter=message_meter_factory(settings.peer_message_rate, settings.peer_message_burst),
         # A Connect stream's window stays at the initial 64 KiB until admission opens it (credentials

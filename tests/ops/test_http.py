@@ -1,12 +1,12 @@
 """The ops HTTP endpoint over a real socket: keep-alive, HEAD, bounded heads, and a client that
-stalls is cut off at REQUEST_TIMEOUT (MockClock: no wall-clock time)."""
+stalls is cut off at HEAD_TIMEOUT (MockClock: no wall-clock time)."""
 
 from __future__ import annotations
 
 import trio
 
 from edge.config import Address
-from edge.ops.http import MAX_REQUEST_HEAD_BYTES, REQUEST_TIMEOUT, serve_ops_http
+from edge.ops.http import MAX_REQUEST_HEAD_BYTES, HEAD_TIMEOUT, serve_ops_http
 from edge.ops.runtime import EdgeRuntime
 
 
@@ -57,7 +57,7 @@ async def test_keep_alive_head_and_limits(autojump_clock):
         await stalled.send_all(b"GET /metr")
         began = trio.current_time()
         assert await read_until_closed(stalled) == b""
-        assert REQUEST_TIMEOUT <= trio.current_time() - began < REQUEST_TIMEOUT + 1
+        assert HEAD_TIMEOUT <= trio.current_time() - began < HEAD_TIMEOUT + 1
         await stalled.aclose()
         nursery.cancel_scope.cancel()
 

@@ -32,7 +32,8 @@ from edge.peers.auth import (
     certificate_identities,
     decide,
 )
-from edge.peers.limits import AddressThrottle, MessageMeter, TokenBucket, UnregisteredStreams, address_key
+from edge.grpc.connection_limits import address_key
+from edge.peers.limits import AddressThrottle, MessageMeter, TokenBucket, UnregisteredStreams
 from edge.peers.tokens import (
     KeyFileError,
     TokenError,
