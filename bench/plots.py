@@ -48,11 +48,12 @@ def write_plots(results: dict[str, dict[str, Any]], out: Path, warmup_sec: float
     if events:
         figure, axes = plt.subplots(figsize=(8, 5))
         for label, result in events:
-            for step in result.get("steps", []):
-                curve = step.get("latency_curve_ms")
-                if step["offered_rate"] != "max" and curve:
-                    axes.plot([v for _, v in curve], [q for q, _ in curve], label=f"{label} @{step['offered_rate']:g}/s",
-                              **STYLES[label])
+            paced = [step for step in result.get("steps", []) if step["offered_rate"] != "max" and step.get("latency_curve_ms")]
+            for index, step in enumerate(paced):  # higher rates drawn darker and thicker
+                curve = step["latency_curve_ms"]
+                shade = (index + 1) / len(paced)
+                axes.plot([v for _, v in curve], [q for q, _ in curve], label=f"{label} @{step['offered_rate']:g}/s",
+                          alpha=0.35 + 0.65 * shade, linewidth=0.8 + 1.4 * shade, **STYLES[label])
         _cdf_axes(axes, "events: peer -> Kafka latency (CDF)")
         save(figure, "latency-events.png")
 
