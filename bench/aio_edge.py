@@ -254,7 +254,7 @@ async def main(env: dict[str, str], key_and_cert: tuple[bytes, bytes]) -> None:
     log("edge_started", port=port, implementation="grpc.aio")
     await stop.wait()
     await edge.shutdown()
-    await server.stop(grace=1)
+    await server.stop(grace=None)  # every `disconnected` is flushed already: end the streams now
     commands.cancel()
     await consumer.stop()
     await producer.stop()

@@ -231,6 +231,8 @@ class Bench:
         return edge, topics
 
     async def start_load(self, name: str, port: int) -> Load:
+        if self.implementation != "edge":
+            name = f"{name}-{self.implementation}"
         children = [
             await Child.start(
                 "bench.loadgen", ["127.0.0.1", str(port), str(self.certs / "ca.crt")],
