@@ -5,7 +5,7 @@ in the same run; each row shows edge / raw stack and edge / grpc.aio (--no-aio: 
 
 examples:
   python -m bench all                                  # every scenario but soak at full scale (~30 min)
-  python -m bench all --small                          # the same at validation scale (~8 min)
+  python -m bench all --small                          # the same at validation scale (~6 min)
   python -m bench capacity --peers 1000,5000,10000
   python -m bench events --rates 2000,5000,0 --profile py-spy
   python -m bench events,commands,disconnect    # several scenarios, one broker, raw limits shared
