@@ -41,6 +41,7 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.errors import StreamReset
+from edge.grpc.frame_guard import ConnectionAbuse
 from edge.grpc.events import (
     Event,
     PeerGoingAway,
@@ -51,10 +52,12 @@ from edge.grpc.events import (
     StreamReadable,
     StreamResetByPeer,
 )
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 from edge.grpc.sockets import find_remote_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler, StreamTasks
+from edge.grpc.tls import HANDSHAKE_ALPN, HANDSHAKE_TIMEOUT, handshake_failure_cause
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +67,8 @@ RECEIVE_CHUNK: Final = 64 * 1024
 WRITE_CHUNK: Final = 64 * 1024
 #: Outbound bytes a connection may hold before `send_message` waits for the socket to drain.
 OUTBOUND_HIGH_WATER: Final = 256 * 1024
+#: Seconds a connection refused for abuse (`ConnectionAbuse`) gets to take its GOAWAY before it is closed.
+ABUSE_CLOSE_TIMEOUT: Final = 1.0
 
 
 async def serve_grpc_connection(
@@ -71,6 +76,7 @@ async def serve_grpc_connection(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     *,
+    metrics: ServerMetrics,
     stats: GrpcServerStats | None = None,
     remote_address: tuple[str, int] | None = None,
 ) -> None:
@@ -79,6 +85,7 @@ async def serve_grpc_connection(
     A `trio.SSLStream` gets its handshake here (under `config.tls_handshake_timeout`); anything else is
     spoken to in plaintext (h2c, prior knowledge). `config.host/port/ssl_context` are not used. Tests
     pass one end of `trio.testing.memory_stream_pair()` and drive an h2 client on the other.
+    `metrics` hears of every routed call and of a failed handshake (`metrics.py`).
     Never raises Exception (a bug ends this connection only, logged); Cancelled propagates after the
     graceful close.
     """
@@ -86,7 +93,7 @@ async def serve_grpc_connection(
         stats = GrpcServerStats()
     if remote_address is None:
         remote_address = find_remote_address(stream)
-    connection = ServerConnection(stream, routes, config, stats, remote_address)
+    connection = ServerConnection(stream, routes, config, stats, metrics, remote_address)
     await connection.serve()
 
 
@@ -99,12 +106,14 @@ class ServerConnection:
         routes: Mapping[str, Handler],
         config: GrpcServerConfig,
         stats: GrpcServerStats,
+        metrics: ServerMetrics,
         remote_address: tuple[str, int] | None,
     ) -> None:
         self._transport = transport
         self._routes = routes
         self._config = config
         self._stats = stats
+        self._metrics = metrics
         self.remote_address = remote_address
         self.peer_certificate_der: bytes | None = None
         self.peer_certificate: dict[str, Any] | None = None
@@ -161,13 +170,16 @@ class ServerConnection:
                 await transport.do_handshake()
             except trio.BrokenResourceError as exc:
                 self._transport_broken = True
+                self._metrics.handshake_failed(handshake_failure_cause(exc))
                 self._log.info("grpc_tls_handshake_failed", error=str(exc.__cause__ or exc))
                 return False
         if scope.cancelled_caught:
+            self._metrics.handshake_failed(HANDSHAKE_TIMEOUT)
             self._log.info("grpc_tls_handshake_timeout", timeout=self._config.tls_handshake_timeout)
             return False
         alpn = transport.selected_alpn_protocol()
         if alpn not in (None, "h2"):
+            self._metrics.handshake_failed(HANDSHAKE_ALPN)
             self._log.info("grpc_tls_wrong_alpn", alpn=alpn)
             return False
         self.peer_certificate_der = transport.getpeercert(binary_form=True)
@@ -184,6 +196,7 @@ class ServerConnection:
                 self._routes,
                 shutdown_grace=self._config.shutdown_grace,
                 stats=self._stats,
+                metrics=self._metrics,
                 log=self._log,
                 remote_address=self.remote_address,
                 peer_certificate_der=self.peer_certificate_der,
@@ -230,9 +243,9 @@ class ServerConnection:
             deadline = trio.current_time() + self._config.shutdown_grace
         # Only an established HTTP/2 connection gets a graceful close; a half-done TLS handshake would
         # otherwise be resumed by SSLStream.aclose.
+        if self._send_scope is not None:  # a write in flight: it must end by our deadline too
+            self._send_scope.deadline = min(self._send_scope.deadline, deadline)
         if self._initiated and not self._transport_broken:
-            if self._send_scope is not None:  # a write in flight: it must end by our deadline too
-                self._send_scope.deadline = min(self._send_scope.deadline, deadline)
             with trio.move_on_at(deadline, shield=True):
                 async with self._send_lock:
                     self.protocol.goaway()
@@ -271,6 +284,12 @@ class ServerConnection:
             except h2.exceptions.ProtocolError as exc:
                 self._log.info("grpc_protocol_error", error=str(exc))
                 return "protocol error", False
+            except ConnectionAbuse as abuse:
+                self._stats.connections_refused[abuse.reason] += 1
+                self._log.info("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
+                self._close_deadline = trio.current_time() + ABUSE_CLOSE_TIMEOUT
+                self._transport_broken = not abuse.flush  # a client that does not read: close, write nothing
+                return f"refused ({abuse.reason})", False
             went_away = False
             for event in events:
                 if isinstance(event, PeerSettingsReceived):
@@ -387,6 +406,7 @@ class ServerConnection:
         stats = self._stats
         # Once closed, the connection holds nothing any more, whatever the protocol object says.
         now = 0 if final else self.protocol.inbound_buffered_bytes
+        stats.report_held(self._config.held_budget)
         if now == self._buffered_reported:
             return
         stats.inbound_buffered_bytes += now - self._buffered_reported

@@ -18,6 +18,7 @@ import trio
 from edge.grpc.errors import MessageTooLarge, StreamReset
 from edge.grpc.events import NOT_READY, Request
 from edge.grpc.framing import frame_message
+from edge.grpc.metrics import CallMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class ServerStream:
         remote_address: tuple[str, int] | None,
         peer_certificate_der: bytes | None,
         peer_certificate: Mapping[str, Any] | None,
+        metrics: CallMetrics,
         deadline: float = math.inf,
     ) -> None:
         self._host = host
@@ -66,6 +68,8 @@ class ServerStream:
         self.peer_certificate = dict(peer_certificate) if peer_certificate else None
         #: Trio time the client's grpc-timeout runs out (inf without one); the handler is cancelled then.
         self.deadline = deadline
+        #: This call's counters (messages each way, its final code); the transport reports to them.
+        self.metrics = metrics
         # The handler runs inside this scope: its deadline is the grpc-timeout, and it is moved in to
         # now + shutdown_grace when the stream is reset or its connection lost.
         self._scope = trio.CancelScope(deadline=deadline)
@@ -95,6 +99,8 @@ class ServerStream:
             item = self._host.protocol.next_message(self.stream_id, now=trio.current_time())
             if item is not NOT_READY:
                 self._host.inbound_consumed()
+                if item is not None:
+                    self.metrics.received()
                 # Schedule point that cannot be cancelled: the message is ours now, never drop it.
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return item
@@ -136,6 +142,7 @@ class ServerStream:
                         self._raise_if_unusable()
                         await self._wait_output()
                 self._message_cut_off = False
+                self.metrics.sent()
             except h2.exceptions.ProtocolError:
                 # h2 already knows the stream closed; our reader will report why in a moment.
                 raise self._gone() from None
@@ -147,6 +154,17 @@ class ServerStream:
         await self._terminated_event.wait()
         assert self._termination is not None
         return self._termination.clone()
+
+    def open_window(self) -> None:
+        """Let the client send at full speed on this stream (for a stream on the server's `held_paths`,
+        which until then may hold no more than the initial window). Call once the client proved who
+        it is; other streams are opened when they start."""
+        if self._termination is None and not self._finished and self._host.protocol.open_window(self.stream_id):
+            self._host.wake_writer()
+
+    def admit(self) -> None:
+        """This stream's bytes stop counting against the server's budget for not-yet-admitted streams."""
+        self._host.protocol.admit(self.stream_id)
 
     @property
     def buffered_bytes(self) -> int:

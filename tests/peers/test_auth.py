@@ -154,6 +154,11 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
     [missing] = [e for e in logs if e["event"] == "peer_auth_refused" and e["code"] == "UNAUTHENTICATED"]
     assert missing["reason"] == "no_credentials" and missing["proven_peer_ids"] == []
     assert len([e for e in logs if e["event"] == "grpc_tls_handshake_failed"]) == 2
+    assert (edge.refused("permission_denied"), edge.refused("unauthenticated")) == (1, 1)
+    handshake_failures = edge.runtime.metrics.registry.get_sample_value(
+        "giggityflix_edge_grpc_tls_handshake_failures_total", {"cause": "tls_error"}
+    )
+    assert handshake_failures == 2  # the two certificates the TLS layer refused
     private_keys = [good_leaf.private_key_pem.bytes(), (creds.dev_dir / "server.key").read_bytes(), tls_files.key_path.read_bytes()]
     assert_no_secrets(logs, [line for key in private_keys for line in key.decode().splitlines() if "-----" not in line])
 
@@ -263,7 +268,10 @@ async def test_token_cases(tls_files, creds, case):
         assert refusals == []
     else:
         [refusal] = refusals
-        assert refusal["claimed_peer_id"] == "peer-t" and refusal["code"] == expected_code.name
+        assert refusal["code"] == expected_code.name
+        # Credentials that prove nothing are refused on the stream's HEADERS, before any peer id is read.
+        unproven = expected_code is grpc.StatusCode.UNAUTHENTICATED
+        assert refusal["claimed_peer_id"] == (None if unproven else "peer-t")
         if case == "wrong_subject":
             assert refusal["proven_peer_ids"] == ["peer-other"] and refusal["method"] == "token"
     secrets = [creds.hmac_secret, hs256("peer-b", creds.hmac_secret).split(".")[2]]
