@@ -67,7 +67,7 @@ async def soak(b: Bench, p: Params) -> Result:
         await load.stop()
         await edge.stop()
     summary = stats.soak_summary(rounds, p.soak_warmup_sec, baseline)
-    commands = sum(r["commands_received"] for r in rounds)
+    commands, expected = sum(r["commands_received"] for r in rounds), len(rounds) * p.soak_peers
     note = (f"{summary['measured_rounds']} of {summary['rounds']} rounds after {p.soak_warmup_sec:g} s warm-up, "
             f"{p.soak_peers} peers/round")
     figures = [
@@ -77,8 +77,9 @@ async def soak(b: Bench, p: Params) -> Result:
                note=f"trend {summary['rss_trend_pct_per_hour']} %/h"),
         Figure("soak: rounds with fds above baseline", summary["fds_above_baseline"], "rounds", None, "= 0",
                summary["fds_above_baseline"] == 0, note=f"baseline {baseline} fds, worst +{summary['max_fds_excess']}"),
-        Figure("soak: commands delivered", commands, "cmd", None, f"= {len(rounds) * p.soak_peers}",
-               commands == len(rounds) * p.soak_peers),
+        Figure("soak: rounds completed", len(rounds), "rounds", note=f"{p.soak_sec:g} s of churn"),
+        Figure("soak: commands delivered, of sent", commands / expected if expected else None, "", None, "= 1",
+               commands == expected, note=f"{commands} of {expected}"),
     ]
     return {"figures": figures, "baseline_fds": baseline, "fds_before_peers": before_peers, "summary": summary, "rounds": rounds,
             "edge_log_errors": edge.errors}
