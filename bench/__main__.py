@@ -1,19 +1,24 @@
-"""`python -m bench SCENARIO|all [options]`: run benchmarks, print a table, write JSON to bench/results/.
+"""`python -m bench SCENARIO|all [options]`: run benchmarks, print a table, write JSON and plots to bench/results/.
+
+Every scenario but raw runs against the edge and then against the grpc.aio + aiokafka stack (bench.aio_edge)
+in the same run; each row shows edge / raw stack and edge / grpc.aio (--no-aio: the edge only).
 
 examples:
-  python -m bench all                                  # every scenario at full scale (~15 min)
-  python -m bench all --small                          # every scenario at validation scale (~4 min)
+  python -m bench all                                  # every scenario but soak at full scale (~30 min)
+  python -m bench all --small                          # the same at validation scale (~6 min)
   python -m bench capacity --peers 1000,5000,10000
   python -m bench events --rates 2000,5000,0 --profile py-spy
   python -m bench events,commands,disconnect    # several scenarios, one broker, raw limits shared
   python -m bench abuse --duration 20 --abuse-after 60  # issue 11's attacks beside 20 good peers (~15 min)
   python -m bench abuse --duration 5 --abuse-after 10 --vectors rapid_reset,ping_flood
+  python -m bench soak --duration 1800 --warmup 300    # churn for 30 min, figures after 5 min
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import sys
 import time
@@ -23,19 +28,24 @@ import attrs
 import trio
 import trio_asyncio
 
-from bench import machine
+from bench import endings, machine, scenarios, soak
 from bench.abuse import AbuseParams, abuse
 from bench.attackers import VECTORS
+from bench.compare import compared
+from bench.plots import write_plots
 from bench.kafka import BenchKafka
 from bench.report import Figure, table, write_json
 from bench.runner import Bench, BenchBroker, raise_fd_limit
-from bench.scenarios import SCENARIOS, SMALL, Params
+from bench.scenarios import SMALL, Params
 from edge.certs import write_dev_certificates
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("raw", "capacity", "events", "commands", "disconnect", "shutdown")
-#: Scenarios run only when named (not part of `all`).
+ORDER = ("raw", "capacity", "events", "commands", "disconnect", "shutdown", "soak")
+#: What `all` runs: every scenario but the soak, which is long (run it by name).
+ALL = ORDER[:-1]
+#: Scenarios run only when named (not part of `all`), measured on the edge alone.
 NAMED_ONLY = ("abuse",)
+SCENARIOS = {**scenarios.SCENARIOS, "disconnect": endings.disconnect, "shutdown": endings.shutdown, "soak": soak.soak}
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -60,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="validation scale: small counts, short steps")
     parser.add_argument("--peers", type=_numbers, help="capacity steps, e.g. 1000,5000,10000")
     parser.add_argument("--rates", type=_numbers, help="event rates per second, 0 = as fast as possible")
-    parser.add_argument("--duration", type=float, help="seconds per measured step")
+    parser.add_argument("--duration", type=float,
+                        help="seconds per measured step; soak: its whole length (default 1800)")
+    parser.add_argument("--warmup", type=float, help="soak: seconds of churn before its figures count (default 300)")
     parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
     parser.add_argument("--edge-cpus", help="cores for the edge, e.g. 0 (default: the first core)")
     parser.add_argument("--load-cpus", help="cores for everything else (default: the other cores)")
@@ -69,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-limit measurements (no ratios)")
     parser.add_argument("--abuse-after", type=float, help="abuse: seconds of quiet after each attack before RSS (60)")
     parser.add_argument("--vectors", help=f"abuse: attacks to run, joined by commas (default all: {', '.join(VECTORS)})")
+    parser.add_argument("--no-aio", action="store_true", help="skip the grpc.aio + aiokafka stack (no edge/aio ratios)")
     return parser.parse_args(argv)
 
 
@@ -79,7 +92,9 @@ def params_from(args: argparse.Namespace) -> Params:
     if args.rates:
         p = attrs.evolve(p, event_rates=args.rates)
     if args.duration:
-        p = attrs.evolve(p, step_sec=args.duration, half_rate_sec=args.duration)
+        p = attrs.evolve(p, step_sec=args.duration, half_rate_sec=args.duration, soak_sec=args.duration)
+    if args.warmup is not None:
+        p = attrs.evolve(p, soak_warmup_sec=args.warmup)
     return p
 
 
@@ -99,7 +114,7 @@ def abuse_params(args: argparse.Namespace) -> AbuseParams:
 
 async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, out: Path, bootstrap: str,
               broker_pid: int | None) -> dict[str, dict]:
-    names = ORDER if args.scenario == "all" else tuple(n for n in ORDER + NAMED_ONLY if n in args.scenario.split(","))
+    names = ALL if args.scenario == "all" else tuple(n for n in ORDER + NAMED_ONLY if n in args.scenario.split(","))
     if args.no_raw:
         names = tuple(n for n in names if n != "raw")
     results: dict[str, dict] = {}
@@ -115,7 +130,8 @@ async def run(args: argparse.Namespace, params: Params, cpus: machine.CpuPlan, o
                 if name == "abuse":
                     results[name] = await abuse(bench, params, abuse_params(args))
                 else:
-                    results[name] = await SCENARIOS[name](bench, params)
+                    results[name] = await compared(SCENARIOS[name], bench, params,
+                                                   with_aio=name != "raw" and not args.no_aio)
             except Exception as error:  # noqa: BLE001 - one failed scenario must not lose the others' results
                 results[name] = {"error": f"{type(error).__name__}: {error}", "figures": [
                     Figure(f"{name}: FAILED", None, "", note=f"{type(error).__name__}: {error}"[:120])]}
@@ -135,6 +151,10 @@ def _no_raw() -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("python -m bench writes plots with matplotlib: pip install -c constraints.txt -e '.[test,bench]'",
+              file=sys.stderr)
+        return 2
     params = params_from(args)
     cpus = machine.CpuPlan.parse(args.edge_cpus, args.load_cpus)
     machine.pin(cpus.load)  # the broker, load generators and profilers inherit this
@@ -170,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": results,
     }
     write_json(out / "results.json", document)
+    plots = write_plots(results, out, params.soak_warmup_sec)
     print(table(figures))
     print(f"\ncores: edge {sorted(cpus.edge)}, load {sorted(cpus.load)}; load average now "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; results in {out}")
+    print(f"plots: {', '.join(p.name for p in plots) or 'none'}")
     return 0
 
 

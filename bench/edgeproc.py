@@ -55,11 +55,13 @@ class EdgeProcess:
         log_path: Path,
         profile: str | None = None,
         profile_path: Path | None = None,
+        module: tuple[str, ...] = ("edge", "run"),
     ) -> EdgeProcess:
-        command = [sys.executable, "-m", "edge", "run"]
+        """Start `python -m edge run` (or `module`: bench.aio_edge speaks the same environment and log)."""
+        command = [sys.executable, "-m", *module]
         if profile == "pyinstrument":
             assert profile_path is not None
-            command = [sys.executable, "-m", "pyinstrument", "-r", "html", "-o", str(profile_path), "-m", "edge", "run"]
+            command = [sys.executable, "-m", "pyinstrument", "-r", "html", "-o", str(profile_path), "-m", *module]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("GRPC_", "KAFKA_", "EDGE_", "PEER_"))}
         process = await trio.lowlevel.open_process(
             command,

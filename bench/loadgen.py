@@ -7,6 +7,7 @@ Requests (JSON lines on stdin, see bench.control), each answered when done:
     commands   {}: every non-heartbeat message received since the last call, as [request_id, ns]
     wait_ended {within}: until every peer's stream has ended; how each ended
     stats      {}: counters
+    leave      {}: close every peer (GOAWAY), wait for their ends, forget them (a soak's round ends)
 
 Peers live in the process's root nursery, so they outlive the request that opened them. The
 heartbeat task sends each peer a heartbeat every `heartbeat_sec`, spread evenly over the interval.
@@ -176,6 +177,16 @@ class LoadGen:
             "end_reasons": dict(collections.Counter(p.end_reason for p in self.peers if p.end_reason)),
         }
 
+    async def leave(self) -> dict[str, Any]:
+        """Every peer closes its connection; once all have ended they are forgotten."""
+        await self.close_all()
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            for peer in self.peers:
+                await peer.ended.wait()
+        reasons = collections.Counter(p.end_reason or "open" for p in self.peers)
+        self.peers = []
+        return {"reasons": dict(reasons)}
+
     async def close_all(self) -> None:
         async with trio.open_nursery() as nursery:
             for peer in self.peers:
@@ -193,6 +204,7 @@ async def main(host: str, port: int, ca_path: str | None) -> None:
                 "commands": load.take_commands,
                 "wait_ended": load.wait_ended,
                 "stats": load.stats,
+                "leave": load.leave,
             }
         )
         await load.close_all()

@@ -103,3 +103,8 @@ def sample(pid: int) -> ProcSample:
 def cpu_share(before: ProcSample, after: ProcSample, seconds: float) -> float:
     """Fraction of one core the process used between two samples."""
     return round((after.cpu_seconds - before.cpu_seconds) / seconds, 3) if seconds > 0 else float("nan")
+
+
+def open_fds(pid: int) -> int:
+    """How many files (sockets, pipes, epoll...) process `pid` holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -1,4 +1,5 @@
-"""Figures: one row each, with its raw limit, the ratio, and the issue's target; a table and JSON."""
+"""Figures: one row each, with its raw limit, the grpc.aio stack's value, the ratios and the issue's target;
+a table and JSON."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from bench.stats import ratio
 @attrs.frozen
 class Figure:
     """One measured figure of the edge. `raw` is the same figure for the bare stack in the same run
-    (None where the stack has none); `target` is the issue's bound, checked by `met`."""
+    (None where the stack has none); `aio` the same figure for the grpc.aio + aiokafka stack
+    (bench.aio_edge) in the same run; `target` is the issue's bound, checked by `met`."""
 
     name: str
     value: float | None
@@ -25,13 +27,18 @@ class Figure:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    aio: float | None = None
 
     @property
     def ratio(self) -> float | None:
         return ratio(self.value, self.raw)
 
+    @property
+    def aio_ratio(self) -> float | None:
+        return ratio(self.value, self.aio)
+
     def to_json(self) -> dict[str, Any]:
-        return {**attrs.asdict(self), "ratio": self.ratio}
+        return {**attrs.asdict(self), "ratio": self.ratio, "aio_ratio": self.aio_ratio}
 
 
 def at_most(limit: float):
@@ -51,11 +58,12 @@ def _number(value: float | None) -> str:
 
 
 def table(figures: Sequence[Figure]) -> str:
-    """A plain-text table: figure, edge value, raw limit, ratio, target, met."""
-    rows = [("figure", "edge", "raw stack", "ratio", "target", "met", "note")]
+    """A plain-text table: figure, edge value, raw limit, edge / raw, grpc.aio, edge / grpc.aio, target, met."""
+    rows = [("figure", "edge", "raw stack", "edge/raw", "grpc.aio", "edge/aio", "target", "met", "note")]
     for f in figures:
         met = {True: "yes", False: "NO", None: ""}[f.met]
-        rows.append((f.name, f"{_number(f.value)} {f.unit}", _number(f.raw), _number(f.ratio), f.target, met, f.note))
+        rows.append((f.name, f"{_number(f.value)} {f.unit}", _number(f.raw), _number(f.ratio), _number(f.aio),
+                     _number(f.aio_ratio), f.target, met, f.note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for index, row in enumerate(rows):

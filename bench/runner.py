@@ -28,6 +28,10 @@ from testing.kafka.broker import JVM_OPTIONS, KafkaBroker
 BENCH_JVM_OPTIONS = tuple(o for o in JVM_OPTIONS if not o.startswith(("-XX:TieredStopAtLevel", "-Xmx"))) + ("-Xmx1g",)
 
 
+#: The programs `Bench.start_edge` can start (`python -m ...`): the edge, and the stack a user would pick instead.
+IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {"edge": ("edge", "run"), "grpcaio": ("bench.aio_edge",)}
+
+
 class BenchBroker(KafkaBroker):
     """The tests' single-node Apache Kafka broker, with the JVM tuned for throughput."""
 
@@ -166,6 +170,16 @@ class Load:
                 reasons[reason] = reasons.get(reason, 0) + times
         return reasons
 
+    async def leave(self) -> dict[str, int]:
+        """Every peer leaves; the next `connect` numbers peers from 0 again."""
+        replies = await self.each("leave", [{}] * len(self.children))
+        self.peers = 0
+        reasons: dict[str, int] = {}
+        for reply in replies:
+            for reason, times in reply["reasons"].items():
+                reasons[reason] = reasons.get(reason, 0) + times
+        return reasons
+
     async def stop(self) -> None:
         async with trio.open_nursery() as nursery:
             for child in self.children:
@@ -186,13 +200,20 @@ class Bench:
     broker_pid: int | None = None
     #: Raw-limit measurements made so far in this run, by name (each is made once per run).
     raw: dict[str, Any] = attrs.field(factory=dict)
+    #: What `start_edge` starts: one of IMPLEMENTATIONS (bench.compare runs each scenario under both).
+    implementation: str = "edge"
 
     async def start_edge(self, scenario: str, **settings: Any) -> tuple[EdgeProcess, Topics]:
+        """The edge under test, or under `implementation = "grpcaio"` the grpc.aio stack (bench.aio_edge)."""
+        if self.implementation != "edge":
+            scenario = f"{scenario}-{self.implementation}"
         topics = Topics(f"bench-{scenario}-{uuid.uuid4().hex[:6]}")
         await self.kafka.create_topics(topics.all())
         env = {
             "EDGE_ID": topics.edge_id,
             "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
+            # A free port: a fixed one (the default 8080) may be held by another process on the machine.
+            "HEALTH_HTTP_ADDRESS": "127.0.0.1:0",
             "GRPC_CERT_PATH": str(self.certs / "server.crt"),
             "GRPC_KEY_PATH": str(self.certs / "server.key"),
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
@@ -206,11 +227,13 @@ class Bench:
             profile_path = self.out / f"{scenario}.{'speedscope.json' if self.profile == 'py-spy' else 'html'}"
         edge = await EdgeProcess.start(
             self.nursery, env, cpus=self.cpus.edge, log_path=self.out / f"{scenario}.edge.log",
-            profile=self.profile, profile_path=profile_path,
+            profile=self.profile, profile_path=profile_path, module=IMPLEMENTATIONS[self.implementation],
         )
         return edge, topics
 
     async def start_load(self, name: str, port: int) -> Load:
+        if self.implementation != "edge":
+            name = f"{name}-{self.implementation}"
         children = [
             await Child.start(
                 "bench.loadgen", ["127.0.0.1", str(port), str(self.certs / "ca.crt")],

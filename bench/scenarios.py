@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 import uuid
 from typing import Any
 
@@ -54,6 +53,11 @@ class Params:
     shutdown_peers: int = 1000
     kafka_records: int = 50000
     latency_rate: float = 1000.0
+    soak_sec: float = 1800.0
+    soak_warmup_sec: float = 300.0
+    soak_peers: int = 500
+    soak_event_sec: float = 3.0
+    soak_event_rate: float = 1000.0
 
 
 #: Validation scale: every scenario end to end in a few minutes (figures not comparable to full scale).
@@ -61,6 +65,7 @@ SMALL = Params(
     capacity_peers=(50, 100, 200), heartbeat_sec=5, hold_sec=6, connect_concurrency=50, event_peers=100,
     event_rates=(500, 1000, 0), step_sec=4, command_peers=100, commands=2000, half_rate_sec=4,
     disconnect_peers=100, reset_rate=100, shutdown_peers=200, kafka_records=5000, latency_rate=500,
+    soak_sec=120, soak_warmup_sec=30, soak_peers=100, soak_event_sec=2, soak_event_rate=500,
 )
 
 
@@ -77,12 +82,12 @@ BENCH_ADMISSION: dict[str, Any] = {
 }
 
 
-def _edge_settings(p: Params, peers: int) -> dict[str, Any]:
+def edge_settings(p: Params, peers: int) -> dict[str, Any]:
     return {"max_peers": max(10000, peers), "heartbeat_interval_sec": p.heartbeat_sec,
             "peer_timeout_sec": 4 * p.heartbeat_sec, **BENCH_ADMISSION}
 
 
-async def _connect(load: Load, p: Params, prefix: str, count: int) -> dict[str, Any]:
+async def connect_peers(load: Load, p: Params, prefix: str, count: int) -> dict[str, Any]:
     result = await load.connect(prefix, count, catalog=p.catalog, concurrency=p.connect_concurrency,
                                 heartbeat_sec=p.heartbeat_sec)
     if result["errors"]:
@@ -96,12 +101,12 @@ async def _connect(load: Load, p: Params, prefix: str, count: int) -> dict[str, 
 async def _capacity_steps(b: Bench, p: Params, load: Load, pid: int) -> list[dict[str, Any]]:
     """Connect peers up to each of `capacity_peers` in turn; hold; RSS per peer and connect rate."""
     warm = max(10, p.capacity_peers[0] // 100)
-    await _connect(load, p, "cap-", warm)
+    await connect_peers(load, p, "cap-", warm)
     await trio.sleep(1)
     base = machine.sample(pid)
     steps = []
     for target in p.capacity_peers:
-        connect = await _connect(load, p, "cap-", target - load.peers)
+        connect = await connect_peers(load, p, "cap-", target - load.peers)
         before = machine.sample(pid)
         await trio.sleep(p.hold_sec)
         after = machine.sample(pid)
@@ -134,7 +139,7 @@ async def raw_capacity(b: Bench, p: Params) -> list[dict[str, Any]]:
 
 async def capacity(b: Bench, p: Params) -> Result:
     top = max(p.capacity_peers)
-    edge, topics = await b.start_edge("capacity", **_edge_settings(p, top))
+    edge, topics = await b.start_edge("capacity", **edge_settings(p, top))
     load = await b.start_load("capacity", edge.port)
     try:
         steps = await _capacity_steps(b, p, load, edge.pid)
@@ -185,7 +190,7 @@ async def raw_grpc_sink(b: Bench, p: Params) -> dict[str, Any]:
         bare, port = await b.start_bare("raw-sink", "sink")
         load = await b.start_load("raw-sink", port)
         try:
-            await _connect(load, p, "sink-", p.event_peers)
+            await connect_peers(load, p, "sink-", p.event_peers)
             result = {}
             for name, rate in (("paced", p.latency_rate), ("max", 0.0)):
                 await bare.call("mark")
@@ -208,7 +213,7 @@ async def raw_grpc_source(b: Bench, p: Params) -> dict[str, Any]:
         bare, port = await b.start_bare("raw-source", "source")
         load = await b.start_load("raw-source", port)
         try:
-            await _connect(load, p, "source-", p.command_peers)
+            await connect_peers(load, p, "source-", p.command_peers)
             result = {}
             for name, rate in (("paced", p.latency_rate), ("max", 0.0)):
                 await load.commands()
@@ -253,11 +258,11 @@ async def raw(b: Bench, p: Params) -> Result:
 
 
 async def events(b: Bench, p: Params) -> Result:
-    edge, topics = await b.start_edge("events", **_edge_settings(p, p.event_peers))
+    edge, topics = await b.start_edge("events", **edge_settings(p, p.event_peers))
     load = await b.start_load("events", edge.port)
     steps = []
     try:
-        await _connect(load, p, "ev-", p.event_peers)
+        await connect_peers(load, p, "ev-", p.event_peers)
         for rate in sorted(p.event_rates, key=lambda r: r or math.inf):  # flat out (0) last
             start = await b.kafka.end_offsets(topics.file_hash)
             before, broker_before = machine.sample(edge.pid), _sample_or_none(b.broker_pid)
@@ -280,6 +285,7 @@ async def events(b: Bench, p: Params) -> Result:
                 "backlog_left": sent["sent"] - len(records) if flat_out else 0,
                 "delivered_rate": stats.steady_rate([r.append_ms / 1000 for r in records]),
                 "latency_ms": stats.summarize(latencies),
+                "latency_curve_ms": stats.quantile_curve(latencies),
                 "edge_cpu_share": machine.cpu_share(before, after, sent["seconds"]),
                 "edge_rss_mib": after.rss_bytes / 2**20,
                 "edge_peak_rss_mib": after.peak_rss_bytes / 2**20,
@@ -317,13 +323,13 @@ def _sample_or_none(pid: int | None) -> machine.ProcSample | None:
 # ---------------------------------------------------------------------------------------- commands
 
 
-def _command(peer_id: str, request_id: str) -> tuple[str, bytes]:
+def command_record(peer_id: str, request_id: str) -> tuple[str, bytes]:
     value = {"peer_id": peer_id, "command_type": "file_hash", "request_id": request_id,
              "command_data": {"catalog_uuid": f"6f1c2a1e-8d1b-4a53-9a55-{request_id[-12:]:>012}", "hash_types": ["sha256"]}}
     return peer_id, json.dumps(value, separators=(",", ":")).encode()
 
 
-async def _wait_commands(load: Load, count: int, timeout: float) -> int:
+async def wait_commands(load: Load, count: int, timeout: float) -> int:
     """Wait until the peers hold `count` received commands, or until `timeout`; how many they hold."""
     with trio.move_on_after(timeout):
         while (got := (await load.stats())["commands"]) < count:
@@ -333,24 +339,24 @@ async def _wait_commands(load: Load, count: int, timeout: float) -> int:
 
 
 async def commands(b: Bench, p: Params) -> Result:
-    edge, topics = await b.start_edge("commands", **_edge_settings(p, p.command_peers))
+    edge, topics = await b.start_edge("commands", **edge_settings(p, p.command_peers))
     load = await b.start_load("commands", edge.port)
     details: dict[str, Any] = {}
     try:
-        await _connect(load, p, "cmd-", p.command_peers)
+        await connect_peers(load, p, "cmd-", p.command_peers)
         peers = load.peer_ids()
         # A first command per peer: does this edge deliver commands at all?
-        await b.kafka.produce(topics.commands, [_command(peer, f"probe-{i}-0") for i, peer in enumerate(peers)], 0)
-        details["probe_delivered"] = await _wait_commands(load, len(peers), timeout=30)
+        await b.kafka.produce(topics.commands, [command_record(peer, f"probe-{i}-0") for i, peer in enumerate(peers)], 0)
+        details["probe_delivered"] = await wait_commands(load, len(peers), timeout=30)
         await load.commands()
         if details["probe_delivered"] == 0:
             return {"figures": [Figure("commands: throughput to peers (max)", None, "cmd/s",
                                        note="no command reached a peer in 30 s: no command consumer in this edge?")],
                     **details}
         # Max: a backlog produced as fast as the producer goes; the edge drains it at its own pace.
-        backlog = [_command(peers[i % len(peers)], f"max-{i}-0") for i in range(p.commands)]
+        backlog = [command_record(peers[i % len(peers)], f"max-{i}-0") for i in range(p.commands)]
         details["backlog_produce"] = await b.kafka.produce(topics.commands, backlog, 0)
-        await _wait_commands(load, p.commands, timeout=60 + p.commands / 200)
+        await wait_commands(load, p.commands, timeout=60 + p.commands / 200)
         received = await load.commands()
         best = stats.steady_rate([ns / 1e9 for _, ns in received])
         details["max"] = {"received": len(received), "rate": best}
@@ -358,14 +364,16 @@ async def commands(b: Bench, p: Params) -> Result:
         half = best / 2
         count = max(1, int(half * p.half_rate_sec))
         start = await b.kafka.end_offsets(topics.commands)
-        paced = [_command(peers[i % len(peers)], f"half-{i}-0") for i in range(count)]
+        paced = [command_record(peers[i % len(peers)], f"half-{i}-0") for i in range(count)]
         await b.kafka.produce(topics.commands, paced, half)
-        await _wait_commands(load, count, timeout=60)
+        await wait_commands(load, count, timeout=60)
         received = await load.commands()
         appended = {json.loads(r.value)["request_id"]: r.append_ms
                     for r in await b.kafka.read(topics.commands, start, await b.kafka.end_offsets(topics.commands))}
-        latency = stats.summarize([ns / 1e6 - appended[rid] for rid, ns in received if rid in appended])
-        details["half"] = {"rate": half, "produced": count, "received": len(received), "latency_ms": latency}
+        latencies = [ns / 1e6 - appended[rid] for rid, ns in received if rid in appended]
+        latency = stats.summarize(latencies)
+        details["half"] = {"rate": half, "produced": count, "received": len(received), "latency_ms": latency,
+                           "latency_curve_ms": stats.quantile_curve(latencies)}
         details["dead_letters"] = sum((await b.kafka.end_offsets(topics.deadletter)).values())
     finally:
         await load.stop()
@@ -384,72 +392,9 @@ async def commands(b: Bench, p: Params) -> Result:
     return {"figures": figures, **details, "stack_limit": limit, "edge_log_errors": edge.errors}
 
 
-# -------------------------------------------------------------------------------------- disconnect
-
-
-async def disconnect(b: Bench, p: Params) -> Result:
-    edge, topics = await b.start_edge("disconnect", **_edge_settings(p, p.disconnect_peers))
-    load = await b.start_load("disconnect", edge.port)
-    try:
-        await _connect(load, p, "dis-", p.disconnect_peers)
-        start = await b.kafka.wait_count(topics.lifecycle, {}, p.disconnect_peers, timeout=60)  # the connects
-        resets = await load.reset(p.disconnect_peers, p.reset_rate)
-        end = await b.kafka.wait_count(topics.lifecycle, start, len(resets), timeout=60)
-        records = [json.loads(r.value) | {"_append_ms": r.append_ms} for r in await b.kafka.read(topics.lifecycle, start, end)]
-    finally:
-        await load.stop()
-        await edge.stop()
-    gone = {r["peer_id"]: r for r in records if r.get("event_type") == "disconnected"}
-    latency = stats.summarize([gone[peer]["_append_ms"] - ns / 1e6 for peer, ns in resets.items() if peer in gone])
-    reasons: dict[str, int] = {}
-    for r in gone.values():
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    produce = await raw_kafka(b, p, "produce", "trio")
-    figures = [
-        Figure("disconnect: reset -> disconnected in Kafka p50", latency["p50"], "ms", produce["latency_ms"]["p50"]),
-        Figure("disconnect: reset -> disconnected in Kafka p99", latency["p99"], "ms", produce["latency_ms"]["p99"],
-               "<= 50 ms", at_most(50)(latency["p99"]), note=f"{latency['count']}/{len(resets)} seen, {p.reset_rate:g} resets/s"),
-    ]
-    return {"figures": figures, "latency_ms": latency, "reasons": reasons, "resets": len(resets), "edge_log_errors": edge.errors}
-
-
-# ---------------------------------------------------------------------------------------- shutdown
-
-
-async def shutdown(b: Bench, p: Params) -> Result:
-    edge, topics = await b.start_edge("shutdown", **_edge_settings(p, p.shutdown_peers))
-    load = await b.start_load("shutdown", edge.port)
-    try:
-        await _connect(load, p, "sd-", p.shutdown_peers)
-        start = await b.kafka.wait_count(topics.lifecycle, {}, p.shutdown_peers, timeout=60)
-        signalled = edge.terminate()
-        with trio.move_on_after(60):
-            await edge.process.wait()
-        exited = time.time_ns()
-        streams = await load.wait_ended(timeout=10)
-        end = await b.kafka.wait_count(topics.lifecycle, start, p.shutdown_peers, timeout=30)
-        records = await b.kafka.read(topics.lifecycle, start, end)
-    finally:
-        await load.stop()
-        await edge.stop()
-    flushed = [r for r in records if json.loads(r.value).get("reason") == "shutdown"]
-    exit_seconds = (exited - signalled) / 1e9
-    last_append = (max(r.append_ms for r in flushed) - signalled / 1e6) / 1000 if flushed else None
-    figures = [
-        Figure(f"shutdown: SIGTERM -> exit with {p.shutdown_peers} peers", exit_seconds, "s", None, "<= 2 s",
-               at_most(2)(exit_seconds) and len(flushed) == p.shutdown_peers),
-        Figure("shutdown: disconnected(shutdown) flushed", len(flushed), "events", None, f"= {p.shutdown_peers}",
-               len(flushed) == p.shutdown_peers, note=f"last in Kafka {last_append:.3f} s after SIGTERM" if last_append else ""),
-    ]
-    return {"figures": figures, "exit_code": edge.process.returncode, "streams": streams,
-            "last_append_after_sigterm_s": last_append, "edge_log_errors": edge.errors}
-
-
 SCENARIOS = {
     "raw": raw,
     "capacity": capacity,
     "events": events,
     "commands": commands,
-    "disconnect": disconnect,
-    "shutdown": shutdown,
 }

@@ -210,6 +210,7 @@ class Peer:
         with trio.move_on_after(5):
             try:
                 async with self._send_lock:
+                    self._end(self.end_reason or "closed by this peer")  # later sends raise BrokenResourceError
                     self._h2.close_connection()
                     if self._stream is not None:
                         await self._stream.send_all(self._h2.data_to_send())

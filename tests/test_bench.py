@@ -136,9 +136,109 @@ def test_scenario_argument_takes_one_several_or_all_and_rejects_unknown_names(ca
 
 
 def test_edges_under_test_run_without_authentication_or_admission_limits():
-    from bench.scenarios import Params, _edge_settings
+    from bench.scenarios import Params, edge_settings
 
-    settings = _edge_settings(Params(), 1000)
+    settings = edge_settings(Params(), 1000)
     assert settings["peer_auth_mode"] == "none"
     assert settings["peer_registration_rate_per_address"] == 0
     assert settings["peer_message_rate"] >= 1_000_000
+
+
+def test_soak_and_comparison_options():
+    from bench.__main__ import ALL, params_from, parse_args
+
+    args = parse_args(["soak", "--duration", "1800", "--warmup", "120", "--no-aio"])
+    params = params_from(args)
+    assert (params.soak_sec, params.soak_warmup_sec, args.no_aio) == (1800, 120, True)
+    assert params_from(parse_args(["soak"])).soak_sec == 1800  # the default: 30 minutes
+    assert "soak" not in ALL and "capacity" in ALL
+
+
+def test_figures_of_both_stacks_merge_by_name_or_by_name_but_the_measured_rate():
+    from bench.compare import merge
+
+    edge = [Figure("events: latency p99 @1000/s", 20.0, "ms"), Figure("events: latency p99 @2000/s", 40.0, "ms"),
+            Figure("commands: latency p99 @2510/s (half max)", 30.0, "ms"), Figure("soak: only here", 1.0, "%")]
+    aio = [Figure("events: latency p99 @2000/s", 10.0, "ms"), Figure("events: latency p99 @1000/s", 5.0, "ms"),
+           Figure("commands: latency p99 @6020/s (half max)", 15.0, "ms")]
+    merged = merge(edge, aio)
+    assert [f.aio for f in merged] == [5.0, 10.0, 15.0, None]
+    assert merged[2].aio_ratio == 2.0
+    # Two candidates differing only in the rate: no guess.
+    assert merge([Figure("x @3/s", 1.0, "")], [Figure("x @1/s", 1.0, ""), Figure("x @2/s", 2.0, "")])[0].aio is None
+
+
+def test_table_shows_edge_over_raw_and_edge_over_grpcaio():
+    text = table([Figure("events: throughput", 700.0, "ev/s", 1000.0, aio=1400.0)])
+    header, _rule, row = text.splitlines()
+    assert header.split()[:6] == ["figure", "edge", "raw", "stack", "edge/raw", "grpc.aio"]
+    assert "0.7" in row and "1,400" in row and "0.5" in row
+
+
+def test_quantile_curve_keeps_min_percentiles_and_max():
+    curve = stats.quantile_curve([float(v) for v in range(1, 1001)], points=10)
+    assert curve[0] == (0.0, 1.0) and curve[-1] == (100.0, 1000.0)
+    assert curve[5] == (50.0, 500.0) and len(curve) == 11
+    assert stats.quantile_curve([]) == []
+
+
+def _rounds(rss_mib: list[float], fds: list[int], every: float = 10.0) -> list[dict[str, float]]:
+    return [{"t": every * (i + 1), "rss_bytes": mib * 2**20, "fds": f} for i, (mib, f) in enumerate(zip(rss_mib, fds, strict=True))]
+
+
+def test_soak_growth_counts_only_rounds_after_the_warm_up():
+    # Warm-up climbs 80 -> 90 MiB; after it, 90 -> 90.9 MiB over 8 rounds: the quarters' medians differ by 0.5 %.
+    rss = [80, 85, 88, 90.0, 90.1, 90.2, 90.3, 90.4, 90.5, 90.7, 90.9]
+    summary = stats.soak_summary(_rounds(rss, [18] * 11), warmup_sec=35, baseline_fds=18)
+    assert summary["rounds"] == 11 and summary["measured_rounds"] == 8
+    assert summary["rss_first_mib"] == 90.0 and summary["rss_last_mib"] == 90.7
+    assert summary["rss_growth_pct"] == pytest.approx(100 * 0.7 / 90, abs=1e-3)
+    assert summary["rss_trend_pct_per_hour"] > 0
+    assert summary["fds_above_baseline"] == 0 and summary["max_fds_excess"] == 0
+
+
+def test_soak_flat_rss_has_no_growth_and_leaked_fds_are_counted():
+    summary = stats.soak_summary(_rounds([100.0] * 8, [18, 18, 19, 18, 25, 18, 18, 18]), warmup_sec=0, baseline_fds=18)
+    assert summary["rss_growth_pct"] == 0 and summary["rss_trend_pct_per_hour"] == 0
+    assert summary["fds_above_baseline"] == 2 and summary["max_fds_excess"] == 7
+    too_short = stats.soak_summary(_rounds([100.0] * 3, [18] * 3), warmup_sec=25, baseline_fds=18)
+    assert too_short["measured_rounds"] == 1 and math.isnan(too_short["rss_growth_pct"])
+
+
+def test_grpcaio_stack_maps_the_contract_records_and_commands():
+    from bench.aio_edge import command_message, event_record
+
+    response = pb.PeerMessage(request_id="e1-1-5", file_hash_response=pb.FileHashResponse(
+        catalog_uuid="c-1", hashes={"sha256": "ab"}))
+    record = event_record("peer-1", "edge-1", response)
+    assert record is not None
+    assert {k: record[k] for k in ("peer_id", "edge_id", "request_id", "catalog_uuid", "hashes", "error_message")} == {
+        "peer_id": "peer-1", "edge_id": "edge-1", "request_id": "e1-1-5", "catalog_uuid": "c-1",
+        "hashes": {"sha256": "ab"}, "error_message": ""}
+    assert record["timestamp"].endswith("Z")
+    assert event_record("peer-1", "edge-1", pb.PeerMessage(heartbeat=pb.Heartbeat())) is None
+    message = command_message({"peer_id": "peer-1", "command_type": "file_hash", "request_id": "r1",
+                               "command_data": {"catalog_uuid": "c-1", "hash_types": ["sha256"]}})
+    assert message is not None and message.request_id == "r1"
+    assert message.file_hash_request.catalog_uuid == "c-1" and list(message.file_hash_request.hash_types) == ["sha256"]
+    assert command_message({"peer_id": "peer-1", "command_type": "screenshot_capture", "command_data": {}}) is None
+
+
+def test_plots_are_written_from_the_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench.plots import write_plots
+
+    curve = stats.quantile_curve([1.0, 2.0, 5.0, 9.0])
+    steps = [{"offered_rate": 500, "latency_curve_ms": curve}, {"offered_rate": "max", "latency_curve_ms": curve}]
+    capacity = [{"peers": n, "rss_mib": n / 10, "hold_cpu_share": n / 1000} for n in (50, 100)]
+    soak = {"rounds": _rounds([90.0, 90.5], [18, 18]), "baseline_fds": 18}
+    results = {
+        "events": {"steps": steps, "grpcaio": {"steps": steps}},
+        "commands": {"half": {"rate": 100.0, "latency_curve_ms": curve}, "grpcaio": {"error": "failed"}},
+        "capacity": {"steps": capacity, "raw_steps": capacity, "grpcaio": {"steps": capacity}},
+        "soak": {**soak, "grpcaio": soak},
+        "shutdown": {"error": "RuntimeError"},
+    }
+    written = write_plots(results, tmp_path, warmup_sec=5)
+    assert sorted(p.name for p in written) == ["capacity.png", "latency-commands.png", "latency-events.png", "soak.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
