@@ -319,6 +319,7 @@ class PeerSimulation:
         status: str | None = None
         registered = False
         try:
+            data: bytes | None = None  # stays None when the edge does not answer in time
             try:
                 await stream.send_message(registration(peer_id, catalog).SerializeToString())
                 with trio.move_on_after(REGISTRATION_TIMEOUT):

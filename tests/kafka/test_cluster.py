@@ -31,7 +31,9 @@ from testing.kafka.client import (
     group_coordinator,
     produce_records,
 )
+from testing.process import EdgeProcess
 from testing.settings import edge_settings
+from tests.kafka.roaming import RoamingPeer, dead_letters, presence_view
 from tests.kafka.support import Collector, command
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.cluster]
@@ -292,3 +294,133 @@ async def _wait_commands(collectors: list[Collector], per_peer: int, timeout: fl
             while len(set(ids(collector))) < per_peer:
                 await collector.wait_for(len(collector.messages) + 1, timeout=timeout)
     return collections.Counter(uuid for collector in collectors for uuid in ids(collector))
+
+
+EDGE_PEERS = 3  # per edge
+
+
+async def test_an_edge_sigkilled_hands_its_peers_to_the_other_and_commands_follow(
+    kafka_cluster, kafka_topic_prefix, tmp_path, capsys
+):
+    """Two real edge processes A and B on the cluster, 3 grpcio peers on each, publishing; commands go
+    to each peer by peer id through both edges' topics. A is SIGKILLed right after a burst of commands:
+    its peers register again on B, presence converges (every peer's newest record is `connected` on B
+    with a higher epoch than before), and commands sent after the kill flow through B's topic and A's.
+    A's topic is drained only by A (docs/scaling.md), so A is started again with the same EDGE_ID: then
+    every command sent before and after the kill has reached its peer at least once (duplicates
+    counted and printed) and nothing is dead-lettered."""
+    bootstrap = kafka_cluster.bootstrap
+    names = ("a", "b")
+    edge_ids = {name: f"{kafka_topic_prefix}-{name}" for name in names}
+    presence_topic = f"{kafka_topic_prefix}-presence"
+
+    def env(name: str) -> dict[str, str]:
+        return {
+            "EDGE_ID": edge_ids[name],
+            "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
+            "GRPC_USE_TLS": "false",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_TOPIC_REPLICATION_FACTOR": "auto",
+            "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{kafka_topic_prefix}-lifecycle",
+            "KAFKA_PEER_PRESENCE_TOPIC": presence_topic,
+            "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{kafka_topic_prefix}-catalog",
+            "KAFKA_FILE_HASH_RESPONSES_TOPIC": f"{kafka_topic_prefix}-hash",
+            "PEER_REGISTRATION_RATE_PER_ADDRESS": "0",  # every test peer comes from 127.0.0.1
+            "LOG_LEVEL": "info",
+        }
+
+    async def start(nursery: trio.Nursery, name: str) -> EdgeProcess:
+        edge = await EdgeProcess.start(nursery, "run", env=env(name), cwd=tmp_path)
+        ports[name] = (await edge.wait_event("edge_started", timeout=60))["port"]
+        await edge.wait_event("presence_caught_up", timeout=60)
+        await edge.wait_event("kafka_partitions_assigned", timeout=60)
+        return edge
+
+    sent: list[tuple[str, str]] = []  # (peer id, request id)
+    figures: dict[str, Any] = {}
+
+    async def send(phase: str) -> None:
+        """One command per peer through each edge's topic, addressed by peer id only."""
+        for name in names:
+            batch = [(p.peer_id, f"{phase}-{name}-{p.peer_id}") for p in peers]
+            await produce_records(
+                bootstrap, f"edge-commands-{edge_ids[name]}", [(pid, command(pid, rid)) for pid, rid in batch],
+                idempotent=True, timeout=60,
+            )
+            sent.extend(batch)
+
+    async def until(condition: Any, timeout: float) -> None:
+        with trio.fail_after(timeout):
+            while not condition():
+                await trio.sleep(0.1)
+
+    def delivered() -> bool:
+        by_peer = {p.peer_id: p for p in peers}
+        return all(by_peer[pid].commands[rid] > 0 for pid, rid in sent)
+
+    ports: dict[str, int] = {}
+    peers: list[RoamingPeer] = []
+    began = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        edges = {name: await start(nursery, name) for name in names}
+        try:
+            peers = [
+                RoamingPeer(f"{kafka_topic_prefix}-{name}{i}", ports, name) for name in names for i in range(EDGE_PEERS)
+            ]
+            for peer in peers:
+                nursery.start_soon(peer.run)
+            await until(lambda: all(p.sessions for p in peers), 60)
+            await send("before")
+            await until(delivered, 60)
+            before = await presence_view(bootstrap, presence_topic)
+            assert {pid: v["edge_id"] for pid, v in before.items()} == {p.peer_id: edge_ids[p.edge] for p in peers}
+            await send("at-kill")  # A is killed with these in flight
+            edges["a"].kill()
+            killed = time.monotonic()
+            await edges["a"].wait_exit(timeout=30)
+            del ports["a"]  # A is gone: peers come back on B
+            moved = [p for p in peers if p.sessions[0] == "a"]
+            await until(lambda: all(p.sessions[-1] == "b" and len(p.sessions) > 1 for p in moved), 60)
+            figures["reregistered_on_b_sec"] = round(time.monotonic() - killed, 2)
+            with trio.fail_after(60):
+                while True:
+                    view = await presence_view(bootstrap, presence_topic)
+                    if all(
+                        view[p.peer_id]["edge_id"] == edge_ids["b"]
+                        and view[p.peer_id]["event_type"] == "connected"
+                        for p in peers
+                    ):
+                        break
+            figures["presence_converged_sec"] = round(time.monotonic() - killed, 2)
+            on_b = {e["peer_id"]: e["epoch"] for e in edges["b"].events if e.get("event") == "peer_connected"}
+            for p in moved:  # B numbered the new session above A's, and says so in its own log
+                assert view[p.peer_id]["epoch"] == on_b[p.peer_id] > before[p.peer_id]["epoch"]
+            for p in peers:
+                assert view[p.peer_id]["epoch"] >= before[p.peer_id]["epoch"]
+            await send("after-kill")
+            await trio.sleep(1)  # B reads these while A is down
+            edges["a"] = await start(nursery, "a")  # the same EDGE_ID: A drains its own topic
+            figures["a_restarted_after_sec"] = round(time.monotonic() - killed, 2)
+            await until(delivered, 60)
+            figures["all_delivered_after_sec"] = round(time.monotonic() - killed, 2)
+            figures["dead_letters"] = sum(
+                [await dead_letters(bootstrap, f"edge-commands-{edge_ids[name]}.deadletter") for name in names]
+            )
+        finally:
+            for edge in edges.values():
+                edge.kill()
+            nursery.cancel_scope.cancel()
+    counts = collections.Counter({rid: p.commands[rid] for p in peers for _pid, rid in sent if _pid == p.peer_id})
+    figures.update(
+        commands_sent=len(sent),
+        commands_delivered=sum(1 for n in counts.values() if n),
+        commands_duplicated=sum(n - 1 for n in counts.values() if n > 1),
+        # which (phase, topic) the duplicates were sent in: "at-kill-a" = at the kill, through A's topic
+        duplicated_by_phase=dict(collections.Counter(rid.removesuffix(f"-{pid}") for pid, rid in sent if counts[rid] > 1)),
+        events_sent=sum(p.events_sent for p in peers),
+        seconds=round(time.monotonic() - began, 1),
+    )
+    with capsys.disabled():
+        print("\n# edge SIGKILL: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    assert figures["commands_delivered"] == len(sent) == 3 * len(names) * len(peers)
+    assert figures["dead_letters"] == 0

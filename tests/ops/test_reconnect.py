@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from edge.config import settings_for_tests
+from edge.tools import peer_sim
 from edge.tools.peer_sim import PeerSimulation, SimConfig
 from edge.tools.reconnect import Backoff, EdgeChooser
 from testing.harness import MemoryBridge, running_edge
@@ -128,3 +129,46 @@ async def test_a_replaced_peer_waits_at_least_half_the_cap(autojump_clock):
         first.stop()
         await first.wait_stopping()
         nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class _SilentStream:
+    """A stream whose edge never answers the registration (it accepts the stream and says nothing)."""
+
+    sent: list[bytes] = attrs.field(factory=list)
+    status: int | None = None
+    status_name: str | None = None
+    local_closed: bool = False
+    cancelled: bool = False
+
+    async def send_message(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def receive_message(self) -> bytes | None:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+
+
+@attrs.define
+class _SilentConnection:
+    stream: _SilentStream = attrs.field(factory=_SilentStream)
+
+    async def open_stream(self, path: str, metadata: object) -> _SilentStream:
+        return self.stream
+
+
+async def test_a_registration_that_times_out_counts_as_a_failure(autojump_clock):
+    """The edge never answers the registration: after REGISTRATION_TIMEOUT (MockClock time) the session
+    ends as a failed registration (no UnboundLocalError), the stream is cancelled and counted."""
+    simulation = PeerSimulation(SimConfig(tls=False, peers=1))
+    connection = _SilentConnection()
+    began = trio.current_time()
+    registered, status = await simulation._session(connection, "silent", [])  # type: ignore[arg-type]
+    assert (registered, status) == (False, None)
+    assert trio.current_time() - began >= peer_sim.REGISTRATION_TIMEOUT
+    assert len(connection.stream.sent) == 1 and connection.stream.cancelled
+    assert simulation.stats.registration_failures == 1
+    assert simulation.stats.stream_endings == {"CANCELLED": 1}
