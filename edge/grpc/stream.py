@@ -10,6 +10,7 @@ stream instead of sending trailers after half a message.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import h2.exceptions
@@ -73,6 +74,7 @@ class ServerStream:
         self._output_event = trio.Event()
         self._terminated_event = trio.Event()
         self._termination: StreamReset | None = None
+        self._on_terminated: list[Callable[[], None]] = []
         self._send_lock = trio.Lock()
         self._response_started = False
         self._message_cut_off = False  # a message's DATA was cut off by cancellation: trailers would corrupt
@@ -148,6 +150,15 @@ class ServerStream:
         assert self._termination is not None
         return self._termination.clone()
 
+    def on_terminated(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` the moment the client resets the stream or the connection is lost (at once
+        if it already is): like `wait_terminated`, for handlers that keep no task waiting for it. Runs
+        synchronously in the connection's reader task: it must be quick and must not raise."""
+        if self._termination is not None:
+            callback()
+        else:
+            self._on_terminated.append(callback)
+
     @property
     def buffered_bytes(self) -> int:
         """Inbound bytes held for this handler right now (queued messages and a partial one)."""
@@ -203,6 +214,9 @@ class ServerStream:
         self.wake_inbound()
         self.wake_output()
         self._scope.deadline = min(self._scope.deadline, cancel_handler_at)
+        callbacks, self._on_terminated = self._on_terminated, []
+        for callback in callbacks:
+            callback()
 
     def wake_inbound(self) -> None:
         """Something arrived for `receive_message` (a message, the end, or an error)."""
@@ -217,6 +231,7 @@ class ServerStream:
     def mark_finished(self) -> None:
         """The handler returned and the final status is queued: the stream cannot be used any more."""
         self._finished = True
+        self._on_terminated = []
         self.wake_inbound()
         self.wake_output()
 
