@@ -12,7 +12,8 @@ reports; `await edge.stop()` drains the edge as a cancelled embedding would, and
 tests under MockClock, where Kafka, which runs on the real clock, cannot be.
 
 `running_server(config, routes)` is the same for the gRPC transport alone (`serve_grpc` with the test's
-own handlers): `server.port`, `server.stats`, `await server.stop()`.
+own handlers): `server.port`, `server.stats`, `server.metrics` (from `server_metrics()`, which transport
+tests that serve a connection themselves use too), `await server.stop()`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 import edge
 from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
+from edge.ops.grpc_metrics import GrpcServerMetrics
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
@@ -97,6 +100,13 @@ class RunningEdge:
         """The gRPC transport's live counters (connections, streams, statuses)."""
         return self.started.runtime.grpc_stats
 
+    def refused(self, cause: str) -> float:
+        """`giggityflix_edge_registrations_refused_total{cause}` so far."""
+        value = self.runtime.metrics.registry.get_sample_value(
+            "giggityflix_edge_registrations_refused_total", {"cause": cause}
+        )
+        return value or 0.0
+
     async def stop(self) -> None:
         """Drain the edge (every session ends with `shutdown`) and wait until `serve` has returned."""
         await self.handle.stop()
@@ -123,12 +133,18 @@ async def running_edge(settings: edge.Settings, *, bridge: MemoryBridge | None =
 # ----------------------------------------------------------------------------- the transport alone
 
 
+def server_metrics() -> GrpcServerMetrics:
+    """The transport's metrics in a registry of their own; test routes are labelled from their paths."""
+    return GrpcServerMetrics.create(CollectorRegistry(), methods={})
+
+
 @attrs.define(eq=False)
 class RunningServer:
     """`serve_grpc` with the test's own routes (the transport without the edge), for transport tests."""
 
     port: int
     stats: GrpcServerStats
+    metrics: GrpcServerMetrics
     handle: Stoppable
 
     @property
@@ -144,8 +160,9 @@ class RunningServer:
 async def running_server(config: GrpcServerConfig, routes: Mapping[str, Handler]) -> AsyncIterator[RunningServer]:
     """serve_grpc in its own cancel scope; stopped (gracefully) when the block ends."""
     stats = GrpcServerStats()
-    async with stoppable(partial(serve_grpc, stats=stats), config, routes) as (port, handle):
-        yield RunningServer(port, stats, handle)
+    metrics = server_metrics()
+    async with stoppable(partial(serve_grpc, metrics=metrics, stats=stats), config, routes) as (port, handle):
+        yield RunningServer(port, stats, metrics, handle)
 
 
 # ------------------------------------------------------------------------------- in-memory bridge

@@ -5,7 +5,8 @@ has no graceful shutdown and unbounded sizes. This package keeps purerpc's HTTP/
 replaces everything that does I/O.
 
     routes = {"/giggityflix.edge.v1.PeerEdgeService/Connect": handler}
-    port = await nursery.start(serve_grpc, GrpcServerConfig(host, 0, ssl_context), routes)
+    serve = partial(serve_grpc, metrics=metrics)      # a ServerMetrics, e.g. edge.ops.grpc_metrics's
+    port = await nursery.start(serve, GrpcServerConfig(host, 0, ssl_context), routes)
 
 A handler is `async def handler(stream: ServerStream) -> Status | None`.
 
@@ -20,6 +21,7 @@ Rooms, outermost first (each module's docstring draws its tasks and what cancell
     inbound.py       one stream's bounded inbound queue and message meter state (no I/O)
     late_frames.py   LateFrameSplitter: isolates late RST_STREAM/WINDOW_UPDATE frames (no I/O)
     events.py, limits.py, framing.py, errors.py, config.py, stats.py, tls.py: values and pure helpers
+    metrics.py       what the transport reports calls and failed handshakes to (a Protocol)
 """
 
 from purerpc.grpclib.status import Status, StatusCode
@@ -36,12 +38,14 @@ from edge.grpc.errors import (
     UnsupportedEncoding,
 )
 from edge.grpc.limits import InboundMeter
+from edge.grpc.metrics import CallMetrics, ServerMetrics
 from edge.grpc.listeners import serve_grpc
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream
 from edge.grpc.stream_tasks import Handler
 
 __all__ = [
+    "CallMetrics",
     "ConnectionLost",
     "GrpcServerConfig",
     "GrpcServerStats",
@@ -50,6 +54,7 @@ __all__ = [
     "MessageTooLarge",
     "ProtocolViolation",
     "RateLimited",
+    "ServerMetrics",
     "ServerStream",
     "Status",
     "StatusCode",

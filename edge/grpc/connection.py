@@ -51,10 +51,12 @@ from edge.grpc.events import (
     StreamReadable,
     StreamResetByPeer,
 )
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 from edge.grpc.sockets import find_remote_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler, StreamTasks
+from edge.grpc.tls import HANDSHAKE_ALPN, HANDSHAKE_TIMEOUT, handshake_failure_cause
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,7 @@ async def serve_grpc_connection(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     *,
+    metrics: ServerMetrics,
     stats: GrpcServerStats | None = None,
     remote_address: tuple[str, int] | None = None,
 ) -> None:
@@ -79,6 +82,7 @@ async def serve_grpc_connection(
     A `trio.SSLStream` gets its handshake here (under `config.tls_handshake_timeout`); anything else is
     spoken to in plaintext (h2c, prior knowledge). `config.host/port/ssl_context` are not used. Tests
     pass one end of `trio.testing.memory_stream_pair()` and drive an h2 client on the other.
+    `metrics` hears of every routed call and of a failed handshake (`metrics.py`).
     Never raises Exception (a bug ends this connection only, logged); Cancelled propagates after the
     graceful close.
     """
@@ -86,7 +90,7 @@ async def serve_grpc_connection(
         stats = GrpcServerStats()
     if remote_address is None:
         remote_address = find_remote_address(stream)
-    connection = ServerConnection(stream, routes, config, stats, remote_address)
+    connection = ServerConnection(stream, routes, config, stats, metrics, remote_address)
     await connection.serve()
 
 
@@ -99,12 +103,14 @@ class ServerConnection:
         routes: Mapping[str, Handler],
         config: GrpcServerConfig,
         stats: GrpcServerStats,
+        metrics: ServerMetrics,
         remote_address: tuple[str, int] | None,
     ) -> None:
         self._transport = transport
         self._routes = routes
         self._config = config
         self._stats = stats
+        self._metrics = metrics
         self.remote_address = remote_address
         self.peer_certificate_der: bytes | None = None
         self.peer_certificate: dict[str, Any] | None = None
@@ -161,13 +167,16 @@ class ServerConnection:
                 await transport.do_handshake()
             except trio.BrokenResourceError as exc:
                 self._transport_broken = True
+                self._metrics.handshake_failed(handshake_failure_cause(exc))
                 self._log.info("grpc_tls_handshake_failed", error=str(exc.__cause__ or exc))
                 return False
         if scope.cancelled_caught:
+            self._metrics.handshake_failed(HANDSHAKE_TIMEOUT)
             self._log.info("grpc_tls_handshake_timeout", timeout=self._config.tls_handshake_timeout)
             return False
         alpn = transport.selected_alpn_protocol()
         if alpn not in (None, "h2"):
+            self._metrics.handshake_failed(HANDSHAKE_ALPN)
             self._log.info("grpc_tls_wrong_alpn", alpn=alpn)
             return False
         self.peer_certificate_der = transport.getpeercert(binary_form=True)
@@ -184,6 +193,7 @@ class ServerConnection:
                 self._routes,
                 shutdown_grace=self._config.shutdown_grace,
                 stats=self._stats,
+                metrics=self._metrics,
                 log=self._log,
                 remote_address=self.remote_address,
                 peer_certificate_der=self.peer_certificate_der,

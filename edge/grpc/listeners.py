@@ -24,6 +24,7 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.connection import serve_grpc_connection
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.sockets import LingeringSocketStream, set_keepalive, socket_peer_address
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler
@@ -39,13 +40,15 @@ async def serve_grpc(
     config: GrpcServerConfig,
     routes: Mapping[str, Handler],
     *,
+    metrics: ServerMetrics,
     stats: GrpcServerStats | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen, accept, serve streams until cancelled.
 
     `task_status.started(port)` once the listener is bound and accepting (port 0: the real port).
-    A port already in use fails with OSError(EADDRINUSE) naming the address.
+    A port already in use fails with OSError(EADDRINUSE) naming the address. `metrics` hears of every
+    routed call and every failed TLS handshake (`metrics.py`).
     """
     routes = dict(routes)
     stats = stats if stats is not None else GrpcServerStats()
@@ -57,7 +60,7 @@ async def serve_grpc(
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
-                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats)
+                        acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, metrics)
                     task_status.started(port)
             finally:
                 # First step of shutdown: no new connections while the open ones drain.
@@ -94,6 +97,7 @@ async def _accept_loop(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     stats: GrpcServerStats,
+    metrics: ServerMetrics,
 ) -> None:
     try:
         while True:
@@ -105,7 +109,7 @@ async def _accept_loop(
                 log.error("grpc_accept_failed", error=os.strerror(exc.errno), retry_in=ACCEPT_RETRY_DELAY)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            connections.start_soon(_serve_accepted, sock_stream, routes, config, stats)
+            connections.start_soon(_serve_accepted, sock_stream, routes, config, stats, metrics)
     finally:
         # Synchronously, in the same scheduling step that delivers the cancellation: the listener is
         # closed before any connection has written its final statuses or GOAWAY.
@@ -117,6 +121,7 @@ async def _serve_accepted(
     routes: Mapping[str, Handler],
     config: GrpcServerConfig,
     stats: GrpcServerStats,
+    metrics: ServerMetrics,
 ) -> None:
     remote_address = socket_peer_address(sock_stream.socket)
     set_keepalive(sock_stream.socket)
@@ -124,4 +129,4 @@ async def _serve_accepted(
     transport: trio.abc.Stream = LingeringSocketStream(sock_stream, linger=config.shutdown_grace)
     if config.ssl_context is not None:
         transport = trio.SSLStream(transport, config.ssl_context, server_side=True)
-    await serve_grpc_connection(transport, routes, config, stats=stats, remote_address=remote_address)
+    await serve_grpc_connection(transport, routes, config, metrics=metrics, stats=stats, remote_address=remote_address)

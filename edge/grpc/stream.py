@@ -19,6 +19,7 @@ import trio
 from edge.grpc.errors import MessageTooLarge, StreamReset
 from edge.grpc.events import NOT_READY, Request
 from edge.grpc.framing import frame_message
+from edge.grpc.metrics import CallMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class ServerStream:
         remote_address: tuple[str, int] | None,
         peer_certificate_der: bytes | None,
         peer_certificate: Mapping[str, Any] | None,
+        metrics: CallMetrics,
         deadline: float = math.inf,
     ) -> None:
         self._host = host
@@ -67,6 +69,8 @@ class ServerStream:
         self.peer_certificate = dict(peer_certificate) if peer_certificate else None
         #: Trio time the client's grpc-timeout runs out (inf without one); the handler is cancelled then.
         self.deadline = deadline
+        #: This call's counters (messages each way, its final code); the transport reports to them.
+        self.metrics = metrics
         # The handler runs inside this scope: its deadline is the grpc-timeout, and it is moved in to
         # now + shutdown_grace when the stream is reset or its connection lost.
         self._scope = trio.CancelScope(deadline=deadline)
@@ -97,6 +101,8 @@ class ServerStream:
             item = self._host.protocol.next_message(self.stream_id, now=trio.current_time())
             if item is not NOT_READY:
                 self._host.inbound_consumed()
+                if item is not None:
+                    self.metrics.received()
                 # Schedule point that cannot be cancelled: the message is ours now, never drop it.
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return item
@@ -138,6 +144,7 @@ class ServerStream:
                         self._raise_if_unusable()
                         await self._wait_output()
                 self._message_cut_off = False
+                self.metrics.sent()
             except h2.exceptions.ProtocolError:
                 # h2 already knows the stream closed; our reader will report why in a moment.
                 raise self._gone() from None

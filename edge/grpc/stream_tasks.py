@@ -18,6 +18,9 @@ Who ends a stream's task, and what the client gets:
 
 Queuing a stream's ending is synchronous (`_finish`), so it is safe in a cancelled task's `finally`; the
 connection's writer sends it. Cancelled is never caught: it goes on up to the connection's nursery.
+
+Metrics (`metrics.py`): a routed call is reported started when its task is started, and handled in
+`_finish`, once, with the code queued for the client, or CANCELLED when nothing could be sent.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.errors import ConnectionLost, StreamError, StreamReset
 from edge.grpc.events import Request
+from edge.grpc.metrics import ServerMetrics
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream, StreamHost
 
@@ -62,6 +66,7 @@ class StreamTasks:
         *,
         shutdown_grace: float,
         stats: GrpcServerStats,
+        metrics: ServerMetrics,
         log: Any,
         remote_address: tuple[str, int] | None,
         peer_certificate_der: bytes | None,
@@ -72,6 +77,7 @@ class StreamTasks:
         self._routes = routes
         self._shutdown_grace = shutdown_grace
         self._stats = stats
+        self._metrics = metrics
         self._log = log
         self._remote_address = remote_address
         self._peer_certificate_der = peer_certificate_der
@@ -106,6 +112,7 @@ class StreamTasks:
             peer_certificate_der=self._peer_certificate_der,
             peer_certificate=self._peer_certificate,
             deadline=deadline,
+            metrics=self._metrics.call_started(request.path, trio.current_time()),
         )
         self._streams[request.stream_id] = stream
         self._stats.streams_started += 1
@@ -215,6 +222,7 @@ class StreamTasks:
                 status = CANCELLED_STATUS
             protocol.finish(stream_id, status, response_started=stream.response_started, abort=stream.message_cut_off)
             self.count_status(status)
+            stream.metrics.handled(status.status_code, trio.current_time())
             stream_log.debug("grpc_stream_finished", status=status.status_code.name)
         else:
             protocol.finish(stream_id, None, response_started=stream.response_started)
@@ -222,6 +230,8 @@ class StreamTasks:
                 self._stats.streams_lost += 1
             else:
                 self._stats.streams_reset += 1
+            # No status reaches the client; counted as a grpc-go handler would see it.
+            stream.metrics.handled(StatusCode.CANCELLED, trio.current_time())
             stream_log.debug("grpc_stream_gone", reason=str(termination))
         stream.mark_finished()
         self._changed.set()

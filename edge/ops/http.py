@@ -2,7 +2,9 @@
 
     GET /healthz   200 "ok" while the process's Trio loop runs (liveness: answering proves it)
     GET /readyz    200 when the edge is ready for peers, else 503; JSON body says why
-    GET /metrics   Prometheus text format (prometheus-client's exposition of the edge's registry)
+    GET /metrics   the edge's registry: OpenMetrics text 1.0.0 when the Accept header prefers it
+                   (`application/openmetrics-text`, as Prometheus asks by default), else Prometheus
+                   text format 0.0.4 (`wants_openmetrics`); `Vary: Accept`
 
 HEAD works on each. Anything else: 404 (unknown path) or 405 (method other than GET/HEAD).
 
@@ -23,7 +25,8 @@ import attrs
 import h11
 import structlog
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 
 from edge.config import Address
 from edge.ops.runtime import EdgeRuntime
@@ -37,6 +40,9 @@ MAX_REQUESTS_PER_CONNECTION: Final = 1000
 MAX_CONNECTIONS: Final = 64
 RECEIVE_BYTES: Final = 16 * 1024
 SERVER_HEADER: Final = b"giggityflix-edge"
+#: OpenMetrics versions answered with OpenMetrics 1.0.0 text (0.0.1 is what Prometheus 2 calls it).
+OPENMETRICS_VERSIONS: Final = (None, b"1.0.0", b"0.0.1")
+TEXT_MEDIA_RANGES: Final = (b"text/plain", b"text/*", b"*/*")
 
 
 @attrs.frozen
@@ -47,8 +53,39 @@ class Reply:
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-def respond(method: bytes, target: bytes, runtime: EdgeRuntime) -> Reply:
-    """The reply to one request (pure: reads the runtime's state, does no I/O)."""
+def wants_openmetrics(accept: bytes) -> bool:
+    """Whether an Accept header prefers OpenMetrics text to the Prometheus text format.
+
+    Each media range's `q` counts (default 1, 0 means "not this"); OpenMetrics wins ties, since a client
+    that names it asks for it. An OpenMetrics range with a version other than 1.0.0 (or 0.0.1) does not
+    count: that format is not offered. No header, or nothing usable in it: the text format.
+    """
+    openmetrics_q = text_q = 0.0
+    for media_range in accept.split(b","):
+        media_type, *parameters = (part.strip() for part in media_range.split(b";"))
+        q = 1.0
+        version: bytes | None = None
+        for parameter in parameters:
+            key, _, value = parameter.partition(b"=")
+            key, value = key.strip().lower(), value.strip().strip(b'"')
+            if key == b"q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+            elif key == b"version":
+                version = value
+        media_type = media_type.lower()
+        if media_type == b"application/openmetrics-text" and version in OPENMETRICS_VERSIONS:
+            openmetrics_q = max(openmetrics_q, q)
+        elif media_type in TEXT_MEDIA_RANGES:
+            text_q = max(text_q, q)
+    return openmetrics_q > 0 and openmetrics_q >= text_q
+
+
+def respond(method: bytes, target: bytes, runtime: EdgeRuntime, *, accept: bytes = b"") -> Reply:
+    """The reply to one request (pure: reads the runtime's state, does no I/O). `accept`: the request's
+    Accept header (several joined with commas)."""
     path = target.split(b"?", 1)[0]
     if path not in (b"/healthz", b"/readyz", b"/metrics"):
         return Reply(404, b"text/plain; charset=utf-8", b"not found: try /healthz, /readyz or /metrics\n")
@@ -60,7 +97,10 @@ def respond(method: bytes, target: bytes, runtime: EdgeRuntime) -> Reply:
         state = runtime.health.describe()
         body = json.dumps(state, separators=(",", ":")).encode() + b"\n"
         return Reply(200 if state["ready"] else 503, b"application/json", body)
-    return Reply(200, CONTENT_TYPE_LATEST.encode(), runtime.metrics.exposition())
+    vary = ((b"vary", b"accept"),)
+    if wants_openmetrics(accept):
+        return Reply(200, OPENMETRICS_CONTENT_TYPE.encode(), runtime.metrics.exposition(openmetrics_format=True), vary)
+    return Reply(200, CONTENT_TYPE_PLAIN_0_0_4.encode(), runtime.metrics.exposition(), vary)
 
 
 async def serve_ops_http(
@@ -131,7 +171,8 @@ async def _serve_one(stream: trio.SocketStream, connection: h11.Connection, runt
                     return False
             elif isinstance(body_event, h11.ConnectionClosed):
                 return False
-        reply = respond(event.method, event.target, runtime)
+        accept = b",".join(value for name, value in event.headers if name == b"accept")
+        reply = respond(event.method, event.target, runtime, accept=accept)
         await _send(stream, connection, reply, head=event.method == b"HEAD")
         return True
     except h11.RemoteProtocolError as error:

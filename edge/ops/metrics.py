@@ -11,19 +11,34 @@ types, topics: never peer ids). Values the edge already keeps elsewhere (the eve
 the Kafka connection state, open gRPC connections) are read at scrape time through callbacks bound
 with `observe_*`, so the hot paths pay nothing for them.
 
+Besides the edge's own metrics the registry holds prometheus-client's `ProcessCollector` (`process_*`:
+resident memory, open and maximum file descriptors, CPU seconds, start time; read from /proc at scrape
+time, so on Linux only) and the gRPC server's metrics in the grpc-ecosystem shape (`grpc_server_*`,
+edge.ops.grpc_metrics).
+
+No `_created` series: `exposition` renders the registry through `_WithoutCreated`, which drops them
+from this registry's families. prometheus-client 0.26 has no per-registry switch, and its
+`disable_created_metrics()` is process-global: it would change the metrics of a program embedding the
+edge. Counters are read with `rate()`/`increase()`, which need no creation time.
+
 Every metric, with its meaning, is listed in docs/operations.md.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.registry import Collector
+
+import edge
+from edge.ops.grpc_metrics import GrpcServerMetrics
 
 PREFIX: Final = "giggityflix_edge"
 
@@ -34,8 +49,49 @@ PRODUCE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 DELIVERY_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+#: Causes of `registrations_refused`, pre-created so a dashboard reads 0 rather than nothing.
+REFUSAL_CAUSES: Final = (
+    # admission, before the stream is read (edge.peers.admission)
+    "address_throttled",
+    "unregistered_streams_full",
+    # the registration itself (edge.peers.handler)
+    "invalid",
+    "unauthenticated",
+    "permission_denied",
+    "closed",
+    "handshake_timeout",
+    "resource_exhausted",
+    "peer_limit",
+    "takeover_timeout",
+)
+#: Reasons of `sessions_ended` (edge.records.DisconnectReason), pre-created.
+END_REASONS: Final = ("stream_closed", "timeout", "replaced", "shutdown", "protocol_error", "error")
+
+
 def _name(suffix: str) -> str:
     return f"{PREFIX}_{suffix}"
+
+
+def edge_version() -> str:
+    """`edge.__version__` (read when called: `edge` imports this module while it initialises)."""
+    return edge.__version__
+
+
+class _WithoutCreated(Collector):
+    """A view of a registry that leaves out every `_created` sample (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            if any(sample.name == created for sample in family.samples):
+                # A copy: a collector may hand out the same family object on every scrape.
+                copy = Metric(family.name, family.documentation, family.type, family.unit)
+                copy.samples = [sample for sample in family.samples if sample.name != created]
+                family = copy
+            yield family
 
 
 class _LiveCollector:
@@ -91,6 +147,8 @@ class EdgeMetrics:
     events_produce_retried: Counter
     event_backpressure: Counter
     produce_latency: Histogram
+    # the gRPC transport (grpc_server_*, TLS handshake failures)
+    grpc: GrpcServerMetrics
     _live: _LiveCollector
 
     @classmethod
@@ -98,6 +156,7 @@ class EdgeMetrics:
         registry = CollectorRegistry(auto_describe=False)
         live = _LiveCollector()
         registry.register(live)
+        ProcessCollector(registry=registry)
 
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(_name(name), documentation, labels, registry=registry)
@@ -152,13 +211,18 @@ class EdgeMetrics:
                 buckets=PRODUCE_BUCKETS,
                 registry=registry,
             ),
+            grpc=GrpcServerMetrics.create(registry),
             live=live,
         )
-        info = Gauge(_name("info"), "Always 1; labels describe this edge.", ("edge_id",), registry=registry)
-        info.labels(edge_id=edge_id).set(1)
+        info = Gauge(
+            _name("info"), "Always 1; labels describe this edge.", ("edge_id", "version"), registry=registry
+        )
+        info.labels(edge_id=edge_id, version=edge_version()).set(1)
         # Pre-create the label sets a dashboard always wants to see, so they read 0 rather than absent.
-        for reason in ("stream_closed", "timeout", "replaced", "shutdown", "protocol_error", "error"):
+        for reason in END_REASONS:
             metrics.sessions_ended.labels(reason=reason)
+        for cause in REFUSAL_CAUSES:
+            metrics.registrations_refused.labels(cause=cause)
         return metrics
 
     # --- values read at scrape time ---------------------------------------------------------------
@@ -242,7 +306,11 @@ class EdgeMetrics:
         self.commands_delivered.labels(command_type=command_type).inc()
         self.delivery_latency.observe(seconds)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every metric (what `/metrics` serves)."""
-        return generate_latest(self.registry)
+    def exposition(self, *, openmetrics_format: bool = False) -> bytes:
+        """Every metric, without `_created` series: Prometheus text format 0.0.4, or OpenMetrics 1.0.0
+        text (`/metrics` chooses by the scraper's Accept header, edge.ops.http)."""
+        view = _WithoutCreated(self.registry)
+        if openmetrics_format:
+            return openmetrics.generate_latest(view)  # type: ignore[no-untyped-call,no-any-return]
+        return generate_latest(view)
 

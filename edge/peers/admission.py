@@ -12,11 +12,12 @@ Each hook into the peer server is one call:
   messages *arrive* (PEER_MESSAGE_RATE / PEER_MESSAGE_BURST). Over the rate, the stream fails with
   `RateLimited` (a `ProtocolViolation`), so the session ends with reason `protocol_error` and the peer
   gets RESOURCE_EXHAUSTED saying why, after the messages that arrived within the limit.
-* `admission.guard(handler)` wraps the `Connect` handler (edge.peers.server). Before the handler runs, a
-  new stream is counted against its source address (PEER_REGISTRATION_RATE_PER_ADDRESS) and against the
-  streams still waiting to register (MAX_UNREGISTERED_STREAMS); over either it is refused at once with
-  RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be sent) and
-  costs nothing more.
+* `admission.guard(handler, metrics)` wraps the `Connect` handler (edge.peers.server). Before the handler
+  runs, a new stream is counted against its source address (PEER_REGISTRATION_RATE_PER_ADDRESS) and
+  against the streams still waiting to register (MAX_UNREGISTERED_STREAMS); over either it is refused at
+  once with RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be
+  sent), counted in `registrations_refused` (cause `address_throttled` or `unregistered_streams_full`),
+  and costs nothing more.
 * `admission.authorize(stream, registration)` (edge.peers.handler, once the registration parsed): the
   claimed peer id against what the stream proves (edge.peers.auth). Refused: a `PeerProtocolError` with
   UNAUTHENTICATED or PERMISSION_DENIED, which the handler's refusal path answers, and one log line naming
@@ -38,6 +39,7 @@ import trio
 
 from edge.config import ConfigError, Settings
 from edge.grpc import Handler, ServerStream, Status, StatusCode, StreamError
+from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.auth import AuthMode, Presented, Refused, TokenPolicy, decide
 from edge.peers.limits import AddressThrottle, UnregisteredStreams, address_key
@@ -87,13 +89,13 @@ class Admission:
 
     # ---- hook 1: around the Connect handler
 
-    def guard(self, handler: Handler) -> Handler:
+    def guard(self, handler: Handler, metrics: EdgeMetrics) -> Handler:
         async def guarded(stream: ServerStream) -> Status | None:
-            return await self._guarded(handler, stream)
+            return await self._guarded(handler, stream, metrics)
 
         return guarded
 
-    async def _guarded(self, handler: Handler, stream: ServerStream) -> Status | None:
+    async def _guarded(self, handler: Handler, stream: ServerStream, metrics: EdgeMetrics) -> Status | None:
         now = trio.current_time()
         source = address_key(stream.remote_address[0] if stream.remote_address else None)
         verdict = self.throttle.attempt(source, now)
@@ -107,12 +109,14 @@ class Admission:
                     rate_per_sec=self.throttle.rate,
                     burst=self.throttle.burst,
                 )
+            metrics.registrations_refused.labels(cause="address_throttled").inc()
             message = f"too many new streams from this address (over {self.throttle.rate:g} per second); retry later"
             return await self._refuse(stream, StatusCode.RESOURCE_EXHAUSTED, message)
         if not self.unregistered.try_enter():
             self._unregistered_refusals += 1
             if self._unregistered_refusals == 1:
                 log.warning("peer_unregistered_streams_full", limit=self.unregistered.limit)
+            metrics.registrations_refused.labels(cause="unregistered_streams_full").inc()
             message = "edge has too many streams waiting to register; retry later"
             return await self._refuse(stream, StatusCode.RESOURCE_EXHAUSTED, message)
         if self._unregistered_refusals:

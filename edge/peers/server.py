@@ -28,7 +28,7 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, serve_grpc
+from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, ServerMetrics, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
@@ -106,7 +106,7 @@ async def serve_peers(
     )
     # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
     # do not (load balancers probe them), and bound their own streams.
-    routes = {CONNECT_PATH: admission.guard(handler), **runtime.ops_routes()}
+    routes = {CONNECT_PATH: admission.guard(handler, runtime.metrics), **runtime.ops_routes()}
     stats = stats if stats is not None else runtime.grpc_stats
     async with events:
         async with trio.open_nursery() as nursery:
@@ -114,7 +114,7 @@ async def serve_peers(
             await nursery.start(
                 partial(serve_endings, metrics=runtime.metrics), endings_receive, events, settings.shutdown_timeout_sec
             )
-            port = await nursery.start(_serve_grpc, endings_send, config, routes, stats)
+            port = await nursery.start(_serve_grpc, endings_send, config, routes, stats, runtime.metrics.grpc)
             log.info("peers_listening", host=config.host, port=port, tls=config.ssl_context is not None)
             runtime.grpc_port = port
             runtime.health.set_accepting(True)
@@ -130,9 +130,10 @@ async def _serve_grpc(
     config: GrpcServerConfig,
     routes: Mapping[str, Handler],
     stats: GrpcServerStats | None,
+    metrics: ServerMetrics,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """serve_grpc, then close the endings channel: every handler has handed over its ending by then."""
     async with endings:
-        await serve_grpc(config, routes, stats=stats, task_status=task_status)
+        await serve_grpc(config, routes, metrics=metrics, stats=stats, task_status=task_status)

@@ -14,6 +14,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from edge.grpc import GrpcServerConfig, GrpcServerStats, ServerStream, serve_grpc_connection
+from testing.harness import server_metrics
 
 from .support import RawH2Client, grpc_frame
 
@@ -44,7 +45,7 @@ async def test_client_closes_while_the_server_is_writing(autojump_clock):
     config = GrpcServerConfig(host="test", port=0, ssl_context=None, shutdown_grace=5.0)
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(serve_grpc_connection, stats=stats), server_end, {PATH: echo}, config)
+            nursery.start_soon(partial(serve_grpc_connection, metrics=server_metrics(), stats=stats), server_end, {PATH: echo}, config)
             await client.start()
             nursery.start_soon(client.run)
             stream_id = client.open_call(PATH)

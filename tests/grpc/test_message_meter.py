@@ -28,6 +28,7 @@ from edge.grpc import (
     serve_grpc_connection,
 )
 from edge.peers.limits import message_meter_factory
+from testing.harness import server_metrics
 
 from .support import RawH2Client, grpc_frame
 
@@ -66,7 +67,7 @@ async def connection(handler: Any, config: GrpcServerConfig) -> AsyncIterator[tu
     done = trio.Event()
 
     async def serve() -> None:
-        await serve_grpc_connection(server_end, {PATH: handler}, config, stats=stats)
+        await serve_grpc_connection(server_end, {PATH: handler}, config, metrics=server_metrics(), stats=stats)
         done.set()
 
     async with trio.open_nursery() as nursery:

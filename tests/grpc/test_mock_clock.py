@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import h2.events
@@ -30,6 +31,7 @@ from edge.grpc import (
     StreamReset,
     serve_grpc_connection,
 )
+from testing.harness import server_metrics
 
 from .conftest import TlsFiles
 from .support import RawH2Client, grpc_frame
@@ -59,7 +61,7 @@ async def connection(
 
     async def serve() -> None:
         with scope:
-            await serve_grpc_connection(server_end, routes, config, stats=stats)
+            await serve_grpc_connection(server_end, routes, config, metrics=server_metrics(), stats=stats)
         done.set()
 
     async with trio.open_nursery() as nursery:
@@ -200,7 +202,7 @@ async def test_preface_timeout(autojump_clock: Any) -> None:
     server_end, client_end = trio.testing.memory_stream_pair()
     config = GrpcServerConfig(host="x", port=0, ssl_context=None, tls_handshake_timeout=3)
     started = trio.current_time()
-    await serve_grpc_connection(server_end, {}, config)
+    await serve_grpc_connection(server_end, {}, config, metrics=server_metrics())
     assert trio.current_time() - started == pytest.approx(3, abs=0.1)
     await client_end.aclose()
 
@@ -211,10 +213,12 @@ async def test_tls_handshake_timeout(autojump_clock: Any, server_tls: ssl.SSLCon
     tls = trio.SSLStream(server_end, server_tls, server_side=True)
     config = GrpcServerConfig(host="x", port=0, ssl_context=server_tls, tls_handshake_timeout=4)
     stats = GrpcServerStats()
+    metrics = server_metrics()
     started = trio.current_time()
-    await serve_grpc_connection(tls, {}, config, stats=stats)
+    await serve_grpc_connection(tls, {}, config, metrics=metrics, stats=stats)
     assert trio.current_time() - started == pytest.approx(4, abs=0.1)
     assert stats.connections_open == 0
+    assert metrics.registry.get_sample_value("giggityflix_edge_grpc_tls_handshake_failures_total", {"cause": "timeout"}) == 1
     await client_end.aclose()
 
 
@@ -230,7 +234,10 @@ async def test_tls_over_memory_streams_serves_calls(autojump_clock: Any, server_
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            serve_grpc_connection, trio.SSLStream(server_end, server_tls, server_side=True), {PATH: echo_once}, CONFIG
+            partial(serve_grpc_connection, metrics=server_metrics()),
+            trio.SSLStream(server_end, server_tls, server_side=True),
+            {PATH: echo_once},
+            CONFIG,
         )
         await client_tls.do_handshake()
         assert client_tls.selected_alpn_protocol() == "h2"
@@ -262,7 +269,7 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_write_stall_time
 
     stats = GrpcServerStats()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: serve_grpc_connection(server_end, {PATH: flood}, config, stats=stats))
+        nursery.start_soon(lambda: serve_grpc_connection(server_end, {PATH: flood}, config, metrics=server_metrics(), stats=stats))
         client = RawH2Client(client_end)
         await client.start()
         # Read the server's preface so the connection is up, open a call, then stop reading for good.
@@ -293,7 +300,7 @@ async def test_a_lost_connection_is_closed_at_once_even_if_its_handler_lingers(a
     assert isinstance(server_end, trio.SocketStream)
     stats = GrpcServerStats()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: serve_grpc_connection(server_end, {PATH: linger}, config, stats=stats))
+        nursery.start_soon(lambda: serve_grpc_connection(server_end, {PATH: linger}, config, metrics=server_metrics(), stats=stats))
         client = RawH2Client(client_end)
         await client.start()
         client.open_call(PATH)

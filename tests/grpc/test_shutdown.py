@@ -17,7 +17,7 @@ import trio
 
 from edge.grpc import GrpcServerConfig, ServerStream, Status, serve_grpc
 from testing.grpcio_peer import OWN_CONNECTION
-from testing.harness import running_server
+from testing.harness import running_server, server_metrics
 from testing.tls import TlsFiles
 
 from .support import RawH2Client, bytes_stream_method, grpc_frame, own_tcp_sockets
@@ -130,7 +130,7 @@ async def test_second_bind_on_the_same_port_fails_clearly() -> None:
     async with running_server(config, {}) as server:
         second = GrpcServerConfig(host="127.0.0.1", port=server.port, ssl_context=None)
         with pytest.raises(OSError) as info:
-            await serve_grpc(second, {})
+            await serve_grpc(second, {}, metrics=server_metrics())
         assert info.value.errno == errno.EADDRINUSE
         assert f"127.0.0.1:{server.port}" in str(info.value)
         assert len(own_tcp_sockets(server.port)["listen"]) == 1

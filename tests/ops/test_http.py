@@ -60,3 +60,30 @@ async def test_keep_alive_head_and_limits(autojump_clock):
         assert REQUEST_TIMEOUT <= trio.current_time() - began < REQUEST_TIMEOUT + 1
         await stalled.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_metrics_format_follows_the_accept_header():
+    """The Accept header Prometheus sends gets OpenMetrics; none gets text format 0.0.4; neither has
+    `_created` series."""
+    runtime = EdgeRuntime.create("e")
+    runtime.metrics.session_started()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_ops_http, Address("127.0.0.1", 0), runtime)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            b"Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n\r\n"
+        )
+        openmetrics = await read_response(stream)
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        text = await read_response(stream)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    om_head, _, om_body = openmetrics.partition(b"\r\n\r\n")
+    assert b"content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n" in om_head.lower()
+    assert b"vary: accept" in om_head.lower()
+    assert om_body.endswith(b"# EOF\n") and b"giggityflix_edge_sessions_started_total 1.0\n" in om_body
+    text_head, _, text_body = text.partition(b"\r\n\r\n")
+    assert b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n" in text_head.lower()
+    assert b"# EOF" not in text_body and b"giggityflix_edge_sessions_started_total 1.0\n" in text_body
+    assert b"_created" not in om_body and b"_created" not in text_body

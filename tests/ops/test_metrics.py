@@ -50,7 +50,7 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         started = await nursery.start(edge.serve, settings)
         port, runtime = started.grpc_port, started.runtime
         before = await scrape(runtime.http_port)
-        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix) == 1
+        assert value(before, "giggityflix_edge_info", edge_id=kafka_topic_prefix, version=edge.__version__) == 1
         assert value(before, "giggityflix_edge_sessions_started_total") == 0
         assert value(before, "giggityflix_edge_event_buffer_capacity") == settings.kafka_event_buffer_size
 
@@ -125,3 +125,14 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
 
     assert value(refused, "giggityflix_edge_registrations_refused_total", cause="invalid") == 1
     assert value(refused, "giggityflix_edge_sessions_started_total") == 1
+
+    # The same calls in the grpc-ecosystem shape: two Connect streams, one ended OK by the peer's
+    # half-close, one refused; messages both ways (the refusal's registration response included).
+    connect = {"grpc_type": "bidi_stream", "grpc_service": "giggityflix.edge.v1.PeerEdgeService", "grpc_method": "Connect"}
+    assert value(refused, "grpc_server_started_total", **connect) == 2
+    assert value(refused, "grpc_server_handled_total", **connect, grpc_code="OK") == 1
+    assert value(refused, "grpc_server_handled_total", **connect, grpc_code="INVALID_ARGUMENT") == 1
+    assert value(refused, "grpc_server_msg_received_total", **connect) == 4  # 2 registrations, heartbeat, offer
+    assert value(refused, "grpc_server_msg_sent_total", **connect) == 3  # 2 registration responses, command
+    assert value(refused, "grpc_server_handling_seconds_count", **connect) == 2
+    assert value(refused, "giggityflix_edge_grpc_tls_handshake_failures_total", cause="tls_error") == 0

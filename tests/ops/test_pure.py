@@ -35,7 +35,7 @@ def test_http_routes():
     runtime.health.set_accepting(True)
     assert respond(b"HEAD", b"/readyz", runtime).status == 200
     metrics = respond(b"GET", b"/metrics", runtime)
-    assert metrics.status == 200 and metrics.content_type.startswith(b"text/plain; version=")
+    assert metrics.status == 200 and metrics.content_type == b"text/plain; version=0.0.4; charset=utf-8"
     assert b"giggityflix_edge_ready 1.0" in metrics.body
     assert respond(b"GET", b"/", runtime).status == 404
     refused = respond(b"POST", b"/metrics", runtime)

@@ -249,7 +249,9 @@ class MemoryEdge:
         assert self._connections is not None
         server_end, client_end = trio.testing.memory_stream_pair()
         self._connections.start_soon(
-            lambda: serve_grpc_connection(server_end, {CONNECT_PATH: self.handler}, self.config, stats=self.stats)
+            lambda: serve_grpc_connection(
+                server_end, {CONNECT_PATH: self.handler}, self.config, metrics=self.metrics.grpc, stats=self.stats
+            )
         )
         client = PeerClient(client_end)
         await client.start()

@@ -154,6 +154,11 @@ async def test_mtls_admits_only_the_id_the_certificate_names(tls_files, creds):
     [missing] = [e for e in logs if e["event"] == "peer_auth_refused" and e["code"] == "UNAUTHENTICATED"]
     assert missing["reason"] == "no_credentials" and missing["proven_peer_ids"] == []
     assert len([e for e in logs if e["event"] == "grpc_tls_handshake_failed"]) == 2
+    assert (edge.refused("permission_denied"), edge.refused("unauthenticated")) == (1, 1)
+    handshake_failures = edge.runtime.metrics.registry.get_sample_value(
+        "giggityflix_edge_grpc_tls_handshake_failures_total", {"cause": "tls_error"}
+    )
+    assert handshake_failures == 2  # the two certificates the TLS layer refused
     private_keys = [good_leaf.private_key_pem.bytes(), (creds.dev_dir / "server.key").read_bytes(), tls_files.key_path.read_bytes()]
     assert_no_secrets(logs, [line for key in private_keys for line in key.decode().splitlines() if "-----" not in line])
 

@@ -268,6 +268,7 @@ async def test_a_registration_flood_from_one_address_is_throttled_without_blocki
     throttled_logs = [e for e in logs if e["event"] == "peer_registrations_throttled"]
     assert throttled_logs and all(e["source"] == "127.0.0.2" for e in throttled_logs)
     assert len(throttled_logs) <= admitted - 20 + 1  # one line per throttling episode, not one per stream
+    assert edge.refused("address_throttled") == len(throttled)  # every one counted, though not every one logged
     assert not any(e.get("source") == "127.0.0.1" for e in logs)
 
 
@@ -313,6 +314,7 @@ async def test_streams_waiting_to_register_are_capped(tls_files, monkeypatch):
             code, details = await late.wait_status()
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert details == "edge has too many streams waiting to register; retry later"
+            assert edge.refused("unregistered_streams_full") == 1 and edge.refused("address_throttled") == 0
             silent[0].cancel()
             await edge.bridge.wait_for(lambda: admission.unregistered_streams == 2, poll=0.01)
             after = GrpcioPeer(edge.port, root_certificates=root, own_connection=True)
