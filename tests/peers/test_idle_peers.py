@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -95,6 +96,7 @@ def expected_beats(start: float, until: float) -> list[float]:
     return beats
 
 
+@pytest.mark.slow
 async def test_five_thousand_idle_sessions_each_end_at_exactly_their_deadline(autojump_clock: Any) -> None:
     """5,000 sessions registered over 6 s: two tasks each (reader, writer) and one timers task for all.
     The silent ones end at exactly start + PEER_TIMEOUT_SEC after exactly two heartbeats; every third
