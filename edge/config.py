@@ -242,6 +242,15 @@ class Settings:
     max_unregistered_streams: int = _setting(
         "MAX_UNREGISTERED_STREAMS", 1000, "a whole number above 0 (streams not registered yet)", _positive
     )
+    #: Bytes the edge holds, over every connection, for streams that have not registered yet (their
+    #: first message on its way). A stream whose bytes would go over it is refused with
+    #: RESOURCE_EXHAUSTED; at least GRPC_MAX_MESSAGE_BYTES, so one registration of the largest size fits.
+    peer_unregistered_buffer_bytes: int = _setting(
+        "PEER_UNREGISTERED_BUFFER_BYTES",
+        64 * 1024 * 1024,
+        "a whole number of bytes, at least GRPC_MAX_MESSAGE_BYTES",
+        _positive,
+    )
 
     # Kafka
     kafka_bootstrap_servers: str = _setting(
@@ -338,6 +347,12 @@ class Settings:
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout_sec <= self.heartbeat_interval_sec:
             raise ConfigError("PEER_TIMEOUT_SEC", _accepts("peer_timeout_sec"), self.peer_timeout_sec)
+        if self.peer_unregistered_buffer_bytes < self.grpc_max_message_bytes:
+            raise ConfigError(
+                "PEER_UNREGISTERED_BUFFER_BYTES",
+                _accepts("peer_unregistered_buffer_bytes"),
+                self.peer_unregistered_buffer_bytes,
+            )
         if self.retry_max_delay_ms < self.retry_initial_delay_ms:
             raise ConfigError(
                 "RETRY_MAX_DELAY_MS", "milliseconds at least RETRY_INITIAL_DELAY_MS", self.retry_max_delay_ms

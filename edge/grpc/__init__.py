@@ -19,7 +19,10 @@ Rooms, outermost first (each module's docstring draws its tasks and what cancell
     stream.py        ServerStream: the handler's API, and the small API its connection drives it by
     protocol.py      GrpcServerProtocol: purerpc's sans-IO connection, fixed (no I/O, no Trio)
     inbound.py       one stream's bounded inbound queue and message meter state (no I/O)
+    outbound.py      OutboundQueue: a connection's queued output, and its replies to a client that does not read (no I/O)
     late_frames.py   LateFrameSplitter: isolates late RST_STREAM/WINDOW_UPDATE frames (no I/O)
+    frame_guard.py   FrameGuard: frame size and per-connection frame budgets, judged at each frame
+                     header before h2 buffers the frame (no I/O)
     events.py, limits.py, framing.py, errors.py, config.py, stats.py, tls.py: values and pure helpers
     metrics.py       what the transport reports calls and failed handshakes to (a Protocol)
 """
@@ -31,13 +34,15 @@ from edge.grpc.connection import serve_grpc_connection
 from edge.grpc.errors import (
     ConnectionLost,
     MessageTooLarge,
+    OverBudget,
     ProtocolViolation,
     RateLimited,
     StreamError,
     StreamReset,
     UnsupportedEncoding,
 )
-from edge.grpc.limits import InboundMeter
+from edge.grpc.frame_guard import ConnectionAbuse, FrameBudgets
+from edge.grpc.limits import HeldBytesBudget, InboundMeter
 from edge.grpc.metrics import CallMetrics, ServerMetrics
 from edge.grpc.listeners import serve_grpc
 from edge.grpc.stats import GrpcServerStats
@@ -46,12 +51,16 @@ from edge.grpc.stream_tasks import Handler
 
 __all__ = [
     "CallMetrics",
+    "ConnectionAbuse",
     "ConnectionLost",
     "GrpcServerConfig",
     "GrpcServerStats",
+    "FrameBudgets",
     "Handler",
+    "HeldBytesBudget",
     "InboundMeter",
     "MessageTooLarge",
+    "OverBudget",
     "ProtocolViolation",
     "RateLimited",
     "ServerMetrics",

@@ -9,13 +9,18 @@ from typing import Any, Final
 import attrs
 from attrs import validators as v
 
-from edge.grpc.limits import MAX_WINDOW, InboundMeter, ProtocolLimits
+from edge.grpc.frame_guard import Budget, FrameBudgets
 from edge.grpc.framing import MAX_FRAMED_LENGTH
+from edge.grpc.limits import MAX_WINDOW, HeldBytesBudget, InboundMeter, ProtocolLimits
 
 #: Per-stream HTTP/2 receive window. Small next to a message: bytes are acknowledged as they are
 #: buffered (protocol.py), so this bounds what a stalled stream holds *beyond* its queue, not the
 #: message size. 256 KiB keeps about 2.5 MB/s per stream on a 100 ms round trip.
 DEFAULT_STREAM_WINDOW_BYTES: Final = 256 * 1024
+
+#: SETTINGS_INITIAL_WINDOW_SIZE: what any stream may send before the server opens its window (HTTP/2's
+#: own default). A held stream (`held_paths`) holds no more than this until its handler opens it.
+DEFAULT_INITIAL_WINDOW_BYTES: Final = 65_535
 
 #: Bound on a request's decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE; grpcio's own default
 #: metadata limit is 8 KiB soft / 16 KiB hard).
@@ -55,6 +60,16 @@ class GrpcServerConfig:
     #: Makes each stream's inbound message meter, given the stream's start time (Trio time); over
     #: its limit the stream fails with RateLimited (RESOURCE_EXHAUSTED). None: no per-stream rate limit.
     message_meter: Callable[[float], InboundMeter] | None = attrs.field(default=None, eq=False)
+    #: SETTINGS_INITIAL_WINDOW_SIZE (at most `stream_window_bytes`); every stream's window grows to
+    #: `stream_window_bytes` when it is opened.
+    initial_window_bytes: int = attrs.field(default=DEFAULT_INITIAL_WINDOW_BYTES, validator=v.ge(1))
+    #: Paths whose streams start held: window at `initial_window_bytes` until the handler calls
+    #: `ServerStream.open_window()`, bytes charged to `held_budget` until `ServerStream.admit()`.
+    held_paths: frozenset[str] = attrs.field(default=frozenset())
+    #: Bytes held for not-yet-admitted streams over every connection of the server (shared, mutable).
+    held_budget: HeldBytesBudget | None = attrs.field(default=None, eq=False)
+    #: Per-connection frame budgets (PING, SETTINGS, RST_STREAM, empty frames, WINDOW_UPDATE).
+    frame_budgets: FrameBudgets = attrs.field(factory=FrameBudgets)
 
     def protocol_limits(self) -> ProtocolLimits:
         return ProtocolLimits(
@@ -64,4 +79,14 @@ class GrpcServerConfig:
             stream_window_bytes=self.stream_window_bytes,
             max_header_list_bytes=self.max_header_list_bytes,
             message_meter=self.message_meter,
+            initial_window_bytes=min(self.initial_window_bytes, self.stream_window_bytes),
+            held_paths=self.held_paths,
+            held_budget=self.held_budget,
+            frame_budgets=self._frame_budgets(),
         )
+
+    def _frame_budgets(self) -> FrameBudgets:
+        """`frame_budgets`, with room for a client to cancel every call it may have open, twice."""
+        reset = self.frame_budgets.reset
+        burst = max(reset.burst, 2.0 * self.max_concurrent_streams)
+        return attrs.evolve(self.frame_budgets, reset=Budget(rate=reset.rate, burst=burst))

@@ -41,6 +41,7 @@ import trio
 
 from edge.grpc.config import GrpcServerConfig
 from edge.grpc.errors import StreamReset
+from edge.grpc.frame_guard import ConnectionAbuse
 from edge.grpc.events import (
     Event,
     PeerGoingAway,
@@ -66,6 +67,8 @@ RECEIVE_CHUNK: Final = 64 * 1024
 WRITE_CHUNK: Final = 64 * 1024
 #: Outbound bytes a connection may hold before `send_message` waits for the socket to drain.
 OUTBOUND_HIGH_WATER: Final = 256 * 1024
+#: Seconds a connection refused for abuse (`ConnectionAbuse`) gets to take its GOAWAY before it is closed.
+ABUSE_CLOSE_TIMEOUT: Final = 1.0
 
 
 async def serve_grpc_connection(
@@ -240,9 +243,9 @@ class ServerConnection:
             deadline = trio.current_time() + self._config.shutdown_grace
         # Only an established HTTP/2 connection gets a graceful close; a half-done TLS handshake would
         # otherwise be resumed by SSLStream.aclose.
+        if self._send_scope is not None:  # a write in flight: it must end by our deadline too
+            self._send_scope.deadline = min(self._send_scope.deadline, deadline)
         if self._initiated and not self._transport_broken:
-            if self._send_scope is not None:  # a write in flight: it must end by our deadline too
-                self._send_scope.deadline = min(self._send_scope.deadline, deadline)
             with trio.move_on_at(deadline, shield=True):
                 async with self._send_lock:
                     self.protocol.goaway()
@@ -281,6 +284,12 @@ class ServerConnection:
             except h2.exceptions.ProtocolError as exc:
                 self._log.info("grpc_protocol_error", error=str(exc))
                 return "protocol error", False
+            except ConnectionAbuse as abuse:
+                self._stats.connections_refused[abuse.reason] += 1
+                self._log.info("grpc_connection_refused", reason=abuse.reason, code=abuse.error_code.name)
+                self._close_deadline = trio.current_time() + ABUSE_CLOSE_TIMEOUT
+                self._transport_broken = not abuse.flush  # a client that does not read: close, write nothing
+                return f"refused ({abuse.reason})", False
             went_away = False
             for event in events:
                 if isinstance(event, PeerSettingsReceived):
@@ -397,6 +406,7 @@ class ServerConnection:
         stats = self._stats
         # Once closed, the connection holds nothing any more, whatever the protocol object says.
         now = 0 if final else self.protocol.inbound_buffered_bytes
+        stats.report_held(self._config.held_budget)
         if now == self._buffered_reported:
             return
         stats.inbound_buffered_bytes += now - self._buffered_reported

@@ -122,3 +122,13 @@ class UnsupportedEncoding(ProtocolViolation):
         # The client sent the name, but echo only a safe form of it.
         safe = "".join(c for c in self.encoding[:32] if c.isalnum() or c in "-_.")
         return f"unsupported grpc-encoding {safe!r}"
+
+
+class OverBudget(ProtocolViolation):
+    """A held stream (not admitted yet) whose buffered bytes would take the server's shared budget for
+    such streams (`ProtocolLimits.held_budget`) over its limit."""
+
+    status_code = StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, detail: str = "server holds too many bytes for streams not admitted yet; retry later") -> None:
+        super().__init__(detail)

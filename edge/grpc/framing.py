@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
+from purerpc.grpclib.status import Status
+
 from edge.grpc.errors import MessageTooLarge, ProtocolViolation, UnsupportedEncoding
 
 PREFIX_BYTES: Final = 5
@@ -46,6 +48,22 @@ def percent_encode_message(message: str) -> str:
         else:
             out.append(f"%{byte:02X}")
     return "".join(out)
+
+
+def status_trailers(status: Status, *, response_started: bool) -> list[tuple[str, str]]:
+    """The HEADERS fields that end a call with `status`: trailers, or a whole "trailers-only" response
+    (one HEADERS frame with everything) when no response was started."""
+    fields: list[tuple[str, str]] = []
+    if not response_started:
+        fields += [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-accept-encoding", ",".join(ACCEPTED_ENCODINGS)),
+        ]
+    fields.append(("grpc-status", str(status.int_value)))
+    if status.status_message:
+        fields.append(("grpc-message", percent_encode_message(status.status_message)))
+    return fields
 
 
 def decompress_bounded(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -12,9 +12,9 @@ import collections
 
 import attrs
 
-from edge.grpc.errors import ProtocolViolation, RateLimited, StreamError
+from edge.grpc.errors import OverBudget, ProtocolViolation, RateLimited, StreamError
 from edge.grpc.framing import MessageParser
-from edge.grpc.limits import InboundMeter
+from edge.grpc.limits import HeldBytesBudget, InboundMeter
 
 
 @attrs.define
@@ -33,6 +33,41 @@ class InboundStream:
     #: Once over the rate: deliver the first `cutoff` messages, then fail with `over_limit`.
     cutoff: int | None = None
     over_limit: StreamError | None = None
+    #: False while the stream is held: nothing is acknowledged, so the client can send no more than
+    #: its initial window (`ProtocolLimits.initial_window_bytes`) until the handler opens it.
+    window_open: bool = True
+    #: The shared budget this stream's bytes are charged to until it is admitted, and the charge now.
+    budget: HeldBytesBudget | None = None
+    charged: int = 0
+
+    def may_acknowledge(self, queue_limit: int) -> bool:
+        """Whether bytes that arrive now may be acknowledged to the client (more window for it)."""
+        return (
+            self.window_open and self.failure is None and self.cutoff is None and len(self.queue) < queue_limit
+        )
+
+    def charge(self) -> None:
+        """Bring the budget's charge in line with what the stream holds. No room for its growth: the
+        stream fails (OverBudget) and drops everything it holds."""
+        if self.budget is None:
+            return
+        grown = self.buffered - self.charged
+        if grown > 0:
+            if self.budget.charge(grown):
+                self.charged += grown
+            else:
+                self.fail(OverBudget())
+                self.discard()
+        if self.charged > self.buffered:
+            self.budget.release(self.charged - self.buffered)
+            self.charged = self.buffered
+
+    def uncharge(self) -> None:
+        """The stream was admitted (or is gone): its bytes no longer count against the budget."""
+        if self.budget is not None:
+            self.budget.release(self.charged)
+            self.budget = None
+            self.charged = 0
 
     @property
     def buffered(self) -> int:

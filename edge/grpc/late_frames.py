@@ -6,12 +6,10 @@ Pure bytes in, pieces out; used by the server's `GrpcServerProtocol` and by the 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
-_CLIENT_PREFACE_BYTES: Final = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME_HEADER_BYTES: Final = 9
-_RST_STREAM: Final = 0x3
-_WINDOW_UPDATE: Final = 0x8
+from edge.grpc.frame_guard import CLIENT_PREFACE_BYTES, FRAME_HEADER_BYTES, RST_STREAM, WINDOW_UPDATE, FrameHeader
+
 _MAX_HELD_PAYLOAD: Final = 16  # both frame types have 4-byte payloads; anything bigger is h2's to reject
 
 
@@ -30,7 +28,7 @@ class LateFrameSplitter:
 
     def __init__(self, *, server_side: bool = True) -> None:
         # A server's inbound bytes start with the client's connection preface; a client's do not.
-        self._preface_left = _CLIENT_PREFACE_BYTES if server_side else 0
+        self._preface_left = CLIENT_PREFACE_BYTES if server_side else 0
         self._passthrough = 0  # payload bytes of the current ordinary frame still to pass on
         self._header = bytearray()  # a frame header split across reads
         self._held: bytearray | None = None  # a RST_STREAM/WINDOW_UPDATE frame being collected
@@ -64,42 +62,50 @@ class LateFrameSplitter:
                     self._held = None
                 continue
             # At a frame boundary.
-            if self._header or size - i < _FRAME_HEADER_BYTES:
+            if self._header or size - i < FRAME_HEADER_BYTES:
                 if i > run_start:
                     pieces.append((data[run_start:i], None))
-                step = min(_FRAME_HEADER_BYTES - len(self._header), size - i)
+                step = min(FRAME_HEADER_BYTES - len(self._header), size - i)
                 self._header += data[i : i + step]
                 i += step
                 run_start = i
-                if len(self._header) < _FRAME_HEADER_BYTES:
+                if len(self._header) < FRAME_HEADER_BYTES:
                     continue
                 header: bytes | bytearray = bytes(self._header)
                 self._header.clear()
                 in_run = False
             else:
-                header = data[i : i + _FRAME_HEADER_BYTES]
+                header = data[i : i + FRAME_HEADER_BYTES]
                 in_run = True
-            length = int.from_bytes(header[0:3], "big")
-            frame_type = header[3]
-            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFF_FFFF
-            if frame_type in (_RST_STREAM, _WINDOW_UPDATE) and stream_id and length <= _MAX_HELD_PAYLOAD:
+            parsed = FrameHeader.parse(header)
+            length, frame_type, stream_id = parsed.length, parsed.type, parsed.stream_id
+            if frame_type in (RST_STREAM, WINDOW_UPDATE) and stream_id and length <= _MAX_HELD_PAYLOAD:
                 if in_run:
                     if i > run_start:
                         pieces.append((data[run_start:i], None))
-                    i += _FRAME_HEADER_BYTES
+                    i += FRAME_HEADER_BYTES
                     run_start = i
                 self._held = bytearray(header)
-                self._held_need = _FRAME_HEADER_BYTES + length
+                self._held_need = FRAME_HEADER_BYTES + length
                 self._held_stream = stream_id
                 if length == 0:
                     pieces.append((bytes(self._held), stream_id))
                     self._held = None
             else:
                 if in_run:
-                    i += _FRAME_HEADER_BYTES
+                    i += FRAME_HEADER_BYTES
                 else:
                     pieces.append((header, None))
                 self._passthrough = length
         if run_start < size:
             pieces.append((data if run_start == 0 else data[run_start:], None))
         return pieces
+
+
+def closed_client_stream(h2c: Any, stream_id: int) -> bool:
+    """Whether `stream_id` is a client stream the server's `h2c` (an h2 `H2Connection`) has seen open and
+    that is closed now (or was skipped, so implicitly closed): a late frame for it is to be ignored."""
+    if stream_id % 2 == 0 or stream_id > h2c.highest_inbound_stream_id:
+        return False
+    stream = h2c.streams.get(stream_id)
+    return stream is None or bool(stream.closed)

@@ -10,9 +10,15 @@ from typing import Final, Protocol
 
 import attrs
 
+from edge.grpc.frame_guard import FrameBudgets
+
 #: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
 H2_DEFAULT_WINDOW: Final = 65_535
 MAX_WINDOW: Final = 2**31 - 1
+#: Bytes a connection may hold queued in reply to the client's own frames (PING and SETTINGS
+#: acknowledgements, WINDOW_UPDATEs) before the client is taken to be not reading: it is closed rather
+#: than buffered for. Streams' own DATA does not count (flow control and the writer bound that).
+MAX_PENDING_OUTBOUND_BYTES: Final = 4 * 1024 * 1024
 
 
 class InboundMeter(Protocol):
@@ -42,9 +48,46 @@ class ProtocolLimits:
     max_header_list_bytes: int
     #: Makes each stream's inbound meter (given the time the stream started); None: no rate limit.
     message_meter: Callable[[float], InboundMeter] | None = None
+    #: SETTINGS_INITIAL_WINDOW_SIZE: what a stream may send before the server opens its window to
+    #: `stream_window_bytes` (at once, or for `held_paths` when the handler calls `open_window`).
+    initial_window_bytes: int | None = None  # None: `stream_window_bytes` (no held window)
+    #: Request paths whose streams start held: window at `initial_window_bytes` until opened, and their
+    #: buffered bytes charged to `held_budget` until admitted (`ServerStream.admit`).
+    held_paths: frozenset[str] = frozenset()
+    held_budget: HeldBytesBudget | None = attrs.field(default=None, eq=False)
+    frame_budgets: FrameBudgets = FrameBudgets()
+    max_pending_outbound_bytes: int = MAX_PENDING_OUTBOUND_BYTES
+
+    @property
+    def first_window_bytes(self) -> int:
+        """SETTINGS_INITIAL_WINDOW_SIZE."""
+        return self.stream_window_bytes if self.initial_window_bytes is None else self.initial_window_bytes
 
     @property
     def connection_window_bytes(self) -> int:
         """Room for every stream to hold back a full window at once and one more to keep moving: a
         stalled stream can never starve its neighbours of connection-level window."""
         return min(MAX_WINDOW, (self.max_concurrent_streams + 1) * self.stream_window_bytes)
+
+
+@attrs.define(eq=False)
+class HeldBytesBudget:
+    """Bytes buffered, over every connection sharing it, for streams not admitted yet (e.g. peers that
+    have not registered). A stream whose bytes would take it over `limit` fails (`OverBudget`)."""
+
+    limit: int
+    held: int = 0
+    #: The most ever held at once, and the streams failed for want of room (for tests and operators).
+    peak: int = 0
+    refused: int = 0
+
+    def charge(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            self.refused += 1
+            return False
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        return True
+
+    def release(self, size: int) -> None:
+        self.held = max(0, self.held - size)

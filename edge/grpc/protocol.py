@@ -16,7 +16,10 @@ compressed or oversized messages that kill the whole connection.
   over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
   never the connection;
 * windows, concurrent streams and header-list size come from `ProtocolLimits`, not purerpc's constants
-  (64 MiB windows, 65,536 streams);
+  (64 MiB windows, 65,536 streams). A stream's small initial window grows to `stream_window_bytes` when
+  it starts or, on `held_paths`, at `open_window`; until `admit` its bytes count against `held_budget`;
+* frame headers are judged before h2 buffers the frame (`frame_guard`), and a client that does not read
+  is not buffered for: `ConnectionAbuse`, with our GOAWAY queued;
 * with `ProtocolLimits.message_meter`, every stream's messages are counted as they *arrive* (not as the
   handler gets round to them) by a meter of the caller's; over its limit the stream fails with
   `RateLimited` after the messages that arrived within it. Time during which the server itself held the
@@ -40,6 +43,8 @@ Nothing here awaits: the Trio shell (`connection.py`) moves bytes in (`receive_d
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import h2.events
 import h2.exceptions
@@ -67,9 +72,11 @@ from edge.grpc.events import (
     StreamReadable,
     StreamResetByPeer,
 )
-from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, percent_encode_message
+from edge.grpc.frame_guard import ConnectionAbuse, FrameGuard, refuse_empty_header_names
+from edge.grpc.framing import ACCEPTED_ENCODINGS, MessageParser, status_trailers
 from edge.grpc.inbound import InboundStream
-from edge.grpc.late_frames import LateFrameSplitter
+from edge.grpc.late_frames import LateFrameSplitter, closed_client_stream
+from edge.grpc.outbound import OutboundQueue
 from edge.grpc.limits import H2_DEFAULT_WINDOW, ProtocolLimits
 
 
@@ -79,7 +86,6 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
     def __init__(self, limits: ProtocolLimits) -> None:
         self.limits = limits
         self._inbound: dict[int, InboundStream] = {}
-        self._outbound = bytearray()
         #: Bytes held for handlers right now, over all streams (queued messages + partial ones).
         self.inbound_buffered_bytes = 0
         #: The most any single stream has held at once.
@@ -98,6 +104,9 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         # Headers arrive as bytes and are decoded per request (_request_received): with h2 decoding
         # them, one non-UTF-8 metadata value would raise out of receive_data and end the connection.
         self.h2_connection.config.header_encoding = None
+        self.guard = FrameGuard(limits.frame_budgets, self.h2_connection.max_inbound_frame_size)
+        self._outbound = OutboundQueue(self.h2_connection.data_to_send, limits.max_pending_outbound_bytes)
+        self.h2_connection.receive_data = refuse_empty_header_names(self.h2_connection.receive_data)
 
     # ---- settings and windows (purerpc: 64 MiB windows, 65,536 streams, fixed header list size)
 
@@ -107,7 +116,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
+                SettingCodes.INITIAL_WINDOW_SIZE: limits.first_window_bytes,
                 SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_bytes,
             },
         )
@@ -124,27 +133,34 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
     # ---- bytes in
 
     def receive_data(self, data: bytes | bytearray, now: float = 0.0) -> list[Event]:
-        """Feed bytes from the socket that arrived at `now` (for message meters). h2's ProtocolError
-        (connection-fatal) propagates; h2 has then already queued its GOAWAY."""
+        """Feed bytes from the socket that arrived at `now` (for message meters and frame budgets).
+        h2's ProtocolError (connection-fatal) propagates; h2 has then already queued its GOAWAY. So does
+        ConnectionAbuse (`frame_guard`), with our GOAWAY queued, the bytes unseen by h2."""
         self._now = now
         events: list[Event] = []
         try:
+            self.guard.check(data, now)
+            pending = len(self._outbound)
             for piece, late_frame_stream in self._splitter.split(data):
-                if late_frame_stream is not None and self._stream_is_closed(late_frame_stream):
+                if late_frame_stream is not None and closed_client_stream(self.h2_connection, late_frame_stream):
                     continue  # RFC 9113 5.1: ignore WINDOW_UPDATE/RST_STREAM on a closed stream
                 events.extend(super().receive_data(piece))
+            self._outbound.count_replies(pending)
         except h2.exceptions.ProtocolError:
             self.goaway_sent = True
             raise
+        except ConnectionAbuse as abuse:
+            self._abort(abuse)
+            raise
         return events
 
-    def _stream_is_closed(self, stream_id: int) -> bool:
-        """A client stream h2 has seen open and that is closed now (or was skipped, so implicitly closed)."""
-        h2c = self.h2_connection
-        if stream_id % 2 == 0 or stream_id > h2c.highest_inbound_stream_id:
-            return False
-        stream = h2c.streams.get(stream_id)
-        return stream is None or stream.closed
+    def _abort(self, abuse: ConnectionAbuse) -> None:
+        if not abuse.flush:
+            self._outbound.clear()  # nobody reads it
+        if not self.goaway_sent and not self.peer_went_away:
+            self.goaway_sent = True
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2_connection.close_connection(abuse.error_code)
 
     def _request_received(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = event.stream_id
@@ -168,15 +184,20 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             timeout=timeout,
         )
         make_meter = self.limits.message_meter
+        held = path in self.limits.held_paths
         self._inbound[stream_id] = InboundStream(
             parser=MessageParser(self.limits.max_message_bytes, parsed.message_encoding),
             meter=make_meter(self._now) if make_meter is not None else None,
+            window_open=False,
+            budget=self.limits.held_budget if held else None,
         )
+        if not held:
+            self.open_window(stream_id)
         # With END_STREAM on the HEADERS, h2 also emits StreamEnded, handled by _stream_ended.
         return [RequestStarted(request)]
 
     def _answer_unaccepted(self, stream_id: int, status: Status, *, remote_ended: bool) -> None:
-        self.h2_connection.send_headers(stream_id, self._trailers(status, response_started=False), end_stream=True)
+        self.h2_connection.send_headers(stream_id, status_trailers(status, response_started=False), end_stream=True)
         if not remote_ended:
             self.h2_connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
@@ -199,12 +220,13 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         if arrived and st.meter is not None:
             st.count_arrivals(arrived, self._now)
         st.extract(self.limits.stream_inbound_queue)
-        if len(st.queue) < self.limits.stream_inbound_queue and st.failure is None and st.cutoff is None:
+        st.charge()
+        if st.may_acknowledge(self.limits.stream_inbound_queue):
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
         else:
             st.withheld += length
-            if st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
+            if st.window_open and st.meter is not None and not st.held and st.failure is None and st.cutoff is None:
                 st.held = True
                 st.meter.held(self._now)
         self._account(st, before)
@@ -260,6 +282,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
 
     def _account(self, st: InboundStream, before: int) -> None:
+        st.charge()
         after = st.buffered
         self.inbound_buffered_bytes += after - before
         if after > self.max_stream_buffered_bytes:
@@ -283,12 +306,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             before = st.buffered
             message = st.pop()
             st.extract(self.limits.stream_inbound_queue)
-            if (
-                st.withheld
-                and st.failure is None
-                and st.cutoff is None
-                and len(st.queue) < self.limits.stream_inbound_queue
-            ):
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
                 if st.held and st.meter is not None:
@@ -302,6 +320,28 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         if st.remote_ended:
             return None
         return NOT_READY
+
+    def open_window(self, stream_id: int) -> bool:
+        """Let a held stream use its whole window (`stream_window_bytes`) from now on: acknowledge what
+        it sent so far and grant the rest. True if a WINDOW_UPDATE was queued."""
+        st = self._inbound.get(stream_id)
+        if st is None or st.window_open:
+            return False
+        st.window_open = True
+        extra = self.limits.stream_window_bytes - self.limits.first_window_bytes
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream closed underneath us
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
+                self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
+                st.withheld = 0
+            if extra > 0 and not st.remote_ended:
+                self.h2_connection.increment_flow_control_window(extra, stream_id)
+        return self.pending_outbound_bytes > 0
+
+    def admit(self, stream_id: int) -> None:
+        """A held stream's bytes stop counting against the shared budget (`ProtocolLimits.held_budget`)."""
+        st = self._inbound.get(stream_id)
+        if st is not None:
+            st.uncharge()
 
     def stream_buffered_bytes(self, stream_id: int) -> int:
         st = self._inbound.get(stream_id)
@@ -340,7 +380,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
                 self.h2_connection.reset_stream(stream_id, ErrorCodes.CANCEL)
                 return True
             self.h2_connection.send_headers(
-                stream_id, self._trailers(status, response_started=response_started), end_stream=True
+                stream_id, status_trailers(status, response_started=response_started), end_stream=True
             )
             if not st.remote_ended:
                 # RFC 9113 8.1: the response is complete, so ask the client to stop sending without error.
@@ -351,20 +391,6 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             return False
         finally:
             self._credit_withheld(stream_id, st)
-
-    @staticmethod
-    def _trailers(status: Status, *, response_started: bool) -> list[tuple[str, str]]:
-        fields: list[tuple[str, str]] = []
-        if not response_started:  # "trailers-only" response: one HEADERS frame with everything
-            fields += [
-                (":status", "200"),
-                ("content-type", "application/grpc"),
-                ("grpc-accept-encoding", ",".join(ACCEPTED_ENCODINGS)),
-            ]
-        fields.append(("grpc-status", str(status.int_value)))
-        if status.status_message:
-            fields.append(("grpc-message", percent_encode_message(status.status_message)))
-        return fields
 
     def goaway(self) -> bool:
         """Queue GOAWAY(NO_ERROR) once. False if one was already sent or the client went away."""
@@ -377,22 +403,9 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             return False
         return True
 
-    def _pull(self) -> None:
-        data = self.h2_connection.data_to_send()
-        if data:
-            self._outbound += data
-
     @property
     def pending_outbound_bytes(self) -> int:
-        self._pull()
         return len(self._outbound)
 
     def data_to_send(self, amount: int | None = None) -> bytes:
-        self._pull()
-        if amount is None or amount >= len(self._outbound):
-            data = bytes(self._outbound)
-            self._outbound.clear()
-            return data
-        data = bytes(self._outbound[:amount])
-        del self._outbound[:amount]
-        return data
+        return self._outbound.take(amount)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from edge.grpc.limits import HeldBytesBudget
+
 
 @attrs.define(eq=False)
 class GrpcServerStats:
@@ -33,7 +35,19 @@ class GrpcServerStats:
     inbound_buffered_bytes: int = 0
     #: The most any single stream has held at once.
     max_stream_buffered_bytes: int = 0
+    #: Connections closed for breaking a connection-level bound (GOAWAY sent), by reason: frame_too_large,
+    #: ping_flood, settings_flood, reset_flood, empty_frames_flood, window_update_flood, not_reading.
+    connections_refused: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: The server's budget for streams not admitted yet (`GrpcServerConfig.held_budget`), as last seen:
+    #: bytes held now, the most ever held, and streams refused for want of room.
+    held_bytes: int = 0
+    held_bytes_peak: int = 0
+    held_refused: int = 0
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+
+    def report_held(self, budget: HeldBytesBudget | None) -> None:
+        if budget is not None:
+            self.held_bytes, self.held_bytes_peak, self.held_refused = budget.held, budget.peak, budget.refused
 
     def notify(self) -> None:
         """Wake `wait_until` callers (the transport calls this after each change)."""

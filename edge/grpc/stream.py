@@ -166,6 +166,17 @@ class ServerStream:
         else:
             self._on_terminated.append(callback)
 
+    def open_window(self) -> None:
+        """Let the client send at full speed on this stream (for a stream on the server's `held_paths`,
+        which until then may hold no more than the initial window). Call once the client proved who
+        it is; other streams are opened when they start."""
+        if self._termination is None and not self._finished and self._host.protocol.open_window(self.stream_id):
+            self._host.wake_writer()
+
+    def admit(self) -> None:
+        """This stream's bytes stop counting against the server's budget for not-yet-admitted streams."""
+        self._host.protocol.admit(self.stream_id)
+
     @property
     def buffered_bytes(self) -> int:
         """Inbound bytes held for this handler right now (queued messages and a partial one)."""

@@ -18,10 +18,15 @@ Each hook into the peer server is one call:
   once with RESOURCE_EXHAUSTED (after a registration response with `success = false` where one can be
   sent), counted in `registrations_refused` (cause `address_throttled` or `unregistered_streams_full`),
   and costs nothing more.
+  Then its credentials are checked on their own, from the request's HEADERS (edge.peers.auth.prove):
+  proving nothing, it is refused UNAUTHENTICATED before its registration is read, having held no more
+  than its 64 KiB initial window; proven (or with PEER_AUTH_MODE=none), its window is opened
+  (`ServerStream.open_window`) so a registration of any allowed size can arrive.
 * `admission.authorize(stream, registration)` (edge.peers.handler, once the registration parsed): the
   claimed peer id against what the stream proves (edge.peers.auth). Refused: a `PeerProtocolError` with
   UNAUTHENTICATED or PERMISSION_DENIED, which the handler's refusal path answers, and one log line naming
-  the claimed and the proven ids. Admitted: the stream stops counting as unregistered.
+  the claimed and the proven ids. Admitted: the stream stops counting as unregistered, and its bytes
+  leave the edge-wide PEER_UNREGISTERED_BUFFER_BYTES budget (`ServerStream.admit`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from edge.config import ConfigError, Settings
 from edge.grpc import Handler, ServerStream, Status, StatusCode, StreamError
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
-from edge.peers.auth import AuthMode, Presented, Refused, TokenPolicy, decide
+from edge.peers.auth import AuthMode, Presented, Proven, Refused, TokenPolicy, match, prove
 from edge.peers.limits import AddressThrottle, UnregisteredStreams, address_key
 from edge.peers.protocol import PeerProtocolError, Registration
 from edge.peers.tokens import KeyFileError, TokenKeys, parse_ed25519_public_keys, parse_hmac_secrets
@@ -69,6 +74,8 @@ class Admission:
     throttle: AddressThrottle
     unregistered: UnregisteredStreams
     _pending: set[ServerStream] = attrs.field(factory=set, init=False)
+    #: What each pending stream's credentials proved on its HEADERS (see `_authenticate`).
+    _proofs: dict[ServerStream, Proven] = attrs.field(factory=dict, init=False)
     _unregistered_refusals: int = attrs.field(default=0, init=False)
 
     @classmethod
@@ -124,9 +131,27 @@ class Admission:
             self._unregistered_refusals = 0
         self._pending.add(stream)
         try:
+            refused = self._authenticate(stream)
+            if refused is not None:
+                metrics.registration_refused(refused.code)  # cause "unauthenticated", as at registration
+                return await self._refuse(stream, refused.code, refused.message)
             return await handler(stream)
         finally:
+            self._proofs.pop(stream, None)
             self._leave_unregistered(stream)
+
+    def _authenticate(self, stream: ServerStream) -> Refused | None:
+        """On the request's HEADERS, before its registration is read: a stream whose credentials prove
+        nothing is refused here, so it never holds more than its initial window; a proven one (or any,
+        with PEER_AUTH_MODE=none) gets its full window to send its registration, however large."""
+        presented = Presented.from_stream(stream.metadata, stream.peer_certificate)
+        proof = prove(self.mode, presented, tokens=self.tokens, now=self.now())
+        if isinstance(proof, Refused):
+            self._log_refusal(None, proof)
+            return proof
+        self._proofs[stream] = proof
+        stream.open_window()
+        return None
 
     async def _refuse(self, stream: ServerStream, code: StatusCode, message: str) -> Status:
         refusal = protocol.registration_refused(message, self.edge_id)
@@ -147,21 +172,31 @@ class Admission:
     def authorize(self, stream: ServerStream, registration: Registration) -> None:
         """Admit `registration.peer_id` on `stream`, or raise PeerProtocolError (UNAUTHENTICATED or
         PERMISSION_DENIED, with a message safe to send)."""
-        presented = Presented.from_stream(stream.metadata, stream.peer_certificate)
-        decision = decide(self.mode, registration.peer_id, presented, tokens=self.tokens, now=self.now())
+        proof = self._proofs.get(stream)
+        if proof is None:  # not through `guard`
+            presented = Presented.from_stream(stream.metadata, stream.peer_certificate)
+            proved = prove(self.mode, presented, tokens=self.tokens, now=self.now())
+            decision = proved if isinstance(proved, Refused) else match(proved, registration.peer_id)
+        else:
+            decision = match(proof, registration.peer_id)
         if isinstance(decision, Refused):
-            level = log.warning if decision.code is StatusCode.PERMISSION_DENIED else log.info
-            level(
-                "peer_auth_refused",
-                claimed_peer_id=registration.peer_id,
-                proven_peer_ids=decision.loggable_proven(),
-                method=decision.method,
-                reason=decision.reason,
-                code=decision.code.name,
-            )
+            self._log_refusal(registration.peer_id, decision)
             raise PeerProtocolError(decision.message, decision.code)
         structlog.contextvars.bind_contextvars(auth=decision.method)
+        stream.admit()  # registered: its bytes leave the budget for unregistered streams
         self._leave_unregistered(stream)
+
+    @staticmethod
+    def _log_refusal(claimed: str | None, decision: Refused) -> None:
+        level = log.warning if decision.code is StatusCode.PERMISSION_DENIED else log.info
+        level(
+            "peer_auth_refused",
+            claimed_peer_id=claimed,
+            proven_peer_ids=decision.loggable_proven(),
+            method=decision.method,
+            reason=decision.reason,
+            code=decision.code.name,
+        )
 
     @property
     def unregistered_streams(self) -> int:

@@ -11,7 +11,9 @@ A registration *claims* a peer id (`peer_name`). The stream *proves* ids with it
 
 Ids are compared exactly (peer ids are case-sensitive, so a DNS name is not folded to lower case).
 
-`decide(mode, claimed, presented, ...)` is the whole policy:
+`prove(mode, presented, ...)` checks the credentials on their own (what the edge knows from a request's
+HEADERS); `match(proof, claimed)` then checks the claimed id against what they prove;
+`decide(mode, claimed, presented, ...)`, the two together, is the whole policy:
 
     PEER_AUTH_MODE   admitted when                              otherwise
     none             always (the edge warns at start-up)        -
@@ -141,30 +143,30 @@ def bearer_token(authorization: tuple[str, ...]) -> str | None:
     return token
 
 
-def decide(
-    mode: AuthMode,
-    claimed: str,
-    presented: Presented,
-    *,
-    tokens: TokenPolicy | None,
-    now: datetime.datetime,
-) -> Decision:
-    """Admit the claimed peer id, or say why not (see the module docstring for the policy)."""
+@attrs.frozen
+class Proven:
+    """What a stream's credentials prove before any peer id is claimed: the ids, and how."""
+
+    #: None: every id (PEER_AUTH_MODE=none).
+    ids: tuple[str, ...] | None
+    #: One entry per credential that proved something: ("certificate" | "token", its ids).
+    by_method: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def prove(
+    mode: AuthMode, presented: Presented, *, tokens: TokenPolicy | None, now: datetime.datetime
+) -> Proven | Refused:
+    """Check the stream's credentials on their own (the token's signature and claims, the verified
+    certificate's ids), with no claimed id yet: this is what the edge knows from a request's HEADERS.
+    Refused (UNAUTHENTICATED) when nothing valid is presented."""
     if mode is AuthMode.NONE:
-        return Admitted("none")
-
-    proven: list[str] = []
-    methods: list[str] = []
+        return Proven(ids=None)
+    by_method: list[tuple[str, tuple[str, ...]]] = []
     token_error: TokenError | None = None
-
     if mode.uses_certificates and presented.certificate:
         ids = certificate_identities(presented.certificate)
-        if claimed in ids:
-            return Admitted("certificate")
-        proven.extend(ids)
-        methods.append("certificate")
-
-    token: str | None = None
+        if ids:
+            by_method.append(("certificate", ids))
     if mode.uses_tokens:
         try:
             token = bearer_token(presented.authorization)
@@ -174,26 +176,47 @@ def decide(
                 claims = verify_token(
                     token, tokens.keys, now=now, leeway_sec=tokens.leeway_sec, audience=tokens.audience
                 )
-                if claims.subject == claimed:
-                    return Admitted("token")
-                proven.append(claims.subject)
-                methods.append("token")
+                by_method.append(("token", (claims.subject,)))
         except TokenError as error:
             token_error = error
-
-    method = "+".join(methods) or None
-    if proven:
-        what = " and ".join("client certificate" if m == "certificate" else "bearer token" for m in methods)
-        return Refused(
-            StatusCode.PERMISSION_DENIED,
-            f"{what} does not prove peer id {claimed!r}",
-            "wrong_peer_id",
-            tuple(proven),
-            method,
-        )
+    if by_method:
+        return Proven(ids=tuple(i for _, ids in by_method for i in ids), by_method=tuple(by_method))
     if token_error is not None:
         return Refused(StatusCode.UNAUTHENTICATED, token_error.message, token_error.reason, method="token")
     return Refused(StatusCode.UNAUTHENTICATED, _required_message(mode), "no_credentials")
+
+
+def decide(
+    mode: AuthMode,
+    claimed: str,
+    presented: Presented,
+    *,
+    tokens: TokenPolicy | None,
+    now: datetime.datetime,
+) -> Decision:
+    """Admit the claimed peer id, or say why not (see the module docstring for the policy)."""
+    proof = prove(mode, presented, tokens=tokens, now=now)
+    if isinstance(proof, Refused):
+        return proof
+    return match(proof, claimed)
+
+
+def match(proof: Proven, claimed: str) -> Decision:
+    """Whether what the stream proved admits the peer id its registration claims."""
+    if proof.ids is None:
+        return Admitted("none")
+    for method, ids in proof.by_method:
+        if claimed in ids:
+            return Admitted(method)
+    methods = [method for method, _ in proof.by_method]
+    what = " and ".join("client certificate" if m == "certificate" else "bearer token" for m in methods)
+    return Refused(
+        StatusCode.PERMISSION_DENIED,
+        f"{what} does not prove peer id {claimed!r}",
+        "wrong_peer_id",
+        proof.ids,
+        "+".join(methods),
+    )
 
 
 def _required_message(mode: AuthMode) -> str:

@@ -28,7 +28,7 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, ServerMetrics, serve_grpc
+from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, HeldBytesBudget, ServerMetrics, serve_grpc
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
@@ -69,6 +69,10 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
         max_concurrent_streams=settings.grpc_max_concurrent_streams,
         shutdown_grace=settings.shutdown_timeout_sec,
         message_meter=message_meter_factory(settings.peer_message_rate, settings.peer_message_burst),
+        # A Connect stream's window stays at the initial 64 KiB until admission opens it (credentials
+        # checked on its HEADERS), and what it holds before registering counts against one budget.
+        held_paths=frozenset({CONNECT_PATH}),
+        held_budget=HeldBytesBudget(settings.peer_unregistered_buffer_bytes),
     )
 
 

@@ -216,3 +216,15 @@ class RawH2Client:
 
 def grpc_frame(body: bytes, *, compressed: bool = False) -> bytes:
     return bytes([1 if compressed else 0]) + len(body).to_bytes(4, "big") + body
+
+
+def raw_frame(
+    frame_type: int, payload: bytes = b"", *, flags: int = 0, stream_id: int = 0, length: int | None = None
+) -> bytes:
+    """One HTTP/2 frame as bytes, with any declared `length` (for frames h2 would refuse to write)."""
+    declared = len(payload) if length is None else length
+    return declared.to_bytes(3, "big") + bytes([frame_type, flags]) + stream_id.to_bytes(4, "big") + payload
+
+
+def ping_frame(n: int = 0) -> bytes:
+    return raw_frame(0x6, n.to_bytes(8, "big"))

@@ -46,9 +46,11 @@ async def test_a_cut_off_client_that_reads_late_still_gets_its_status() -> None:
         client = RawH2Client(trio.SocketStream(sock))
         await client.start()
         with trio.fail_after(10):
-            while client.h2.outbound_flow_control_window < FLOOD_MESSAGES * 105:  # the server's window
-                assert await client.pump()
             stream_id = client.open_call(PATH)
+            await client.flush()
+            # The server's window: the stream's grows from the initial 64 KiB once the server saw it.
+            while client.h2.local_flow_control_window(stream_id) < FLOOD_MESSAGES * 105:
+                assert await client.pump()
             client.send_raw(stream_id, grpc_frame(b"m" * 100) * FLOOD_MESSAGES)
             await client.flush()
             await server.stats.wait_until(lambda s: s.statuses["RESOURCE_EXHAUSTED"] == 1)
