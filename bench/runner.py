@@ -77,6 +77,7 @@ class Topics:
             "KAFKA_FILE_DELETE_RESPONSES_TOPIC": f"{self.edge_id}.file-delete",
             "KAFKA_SCREENSHOT_CAPTURE_RESPONSES_TOPIC": f"{self.edge_id}.screenshot",
             "KAFKA_FILE_REMAP_RESPONSES_TOPIC": f"{self.edge_id}.file-remap",
+            "KAFKA_PEER_PRESENCE_TOPIC": f"{self.edge_id}.presence",
         }
 
     def all(self) -> list[str]:

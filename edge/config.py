@@ -15,6 +15,12 @@ from typing import Any, Final
 import attrs
 import cattrs
 
+from edge import config_rules as rule
+# Re-exported: callers import them from here.
+from edge.config_rules import MAX_RECORD_BYTES as MAX_RECORD_BYTES
+from edge.config_rules import MIN_RECORD_BYTES as MIN_RECORD_BYTES
+from edge.config_rules import Address as Address
+from edge.config_rules import ConfigError as ConfigError
 from edge.convert import make_env_converter
 
 PEER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
@@ -22,110 +28,15 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
 #: PEER_AUTH_MODE values (edge.peers.auth.AuthMode); see docs/security.md.
 PEER_AUTH_MODES: Final = ("none", "mtls", "token", "mtls_or_token")
-#: Bounds of KAFKA_MAX_RECORD_BYTES. The upper one leaves room for the key and the record overhead
-#: under the producer's request limit (aiokafka's max_request_size, 1 MiB, as Kafka's default
-#: max.message.bytes); the lower one keeps every error record the edge builds within the bound.
-MIN_RECORD_BYTES: Final = 4096
-MAX_RECORD_BYTES: Final = 1_000_000
 
 
-class ConfigError(Exception):
-    """A setting has a value the edge cannot run with."""
-
-    def __init__(self, variable: str, accepts: str, value: object = None) -> None:
-        self.variable = variable
-        self.accepts = accepts
-        self.value = value
-        shown = "" if value is None else f" (got {str(value)[:80]!r})"
-        super().__init__(f"{variable}: expected {accepts}{shown}")
-
-
-def _setting(env: str, default: Any, accepts: str, validator: Any = None) -> Any:
+def _setting(env: str, default: Any, accepts: str, validator: Any = None, words: Mapping[str, Any] | None = None) -> Any:
+    """A setting read from `env`; `words` are spelled-out values (case-insensitive) read as the value given."""
     return attrs.field(
         default=default,
         validator=validator,
-        metadata={"env": env, "accepts": accepts},
+        metadata={"env": env, "accepts": accepts, "words": dict(words or {})},
     )
-
-
-def _invalid(attribute: attrs.Attribute[Any], value: object) -> ConfigError:
-    return ConfigError(attribute.metadata["env"], attribute.metadata["accepts"], value)
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise _invalid(attribute, value)
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value < 0:
-        raise _invalid(attribute, value)
-
-
-def _port_range(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise _invalid(attribute, value)
-
-
-def _pattern(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value.count("{}") != 1:
-        raise _invalid(attribute, value)
-
-
-def _topic_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    probe = value.replace("{}", "x")
-    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,249}", probe):
-        raise _invalid(attribute, value)
-
-
-def _one_of(*choices: str) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-        if value not in choices:
-            raise _invalid(attribute, value)
-
-    return check
-
-
-def _edge_id(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,64}", value):
-        raise _invalid(attribute, value)
-
-
-def _session_timeout(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 1 <= value <= 300:
-        raise _invalid(attribute, value)
-
-
-def _record_bytes(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if not MIN_RECORD_BYTES <= value <= MAX_RECORD_BYTES:
-        raise _invalid(attribute, value)
-
-
-def _fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 <= value <= 1:
-        raise _invalid(attribute, value)
-
-
-@attrs.frozen
-class Address:
-    """A `host:port` pair; `[v6]:port` for IPv6."""
-
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text.strip())
-        if not match:
-            raise ValueError("not host:port")
-        host = match.group(1) or match.group(3)
-        port = int(match.group(2) or match.group(4))
-        if port > 65535:
-            raise ValueError("port out of range")
-        return cls(host, port)
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @attrs.frozen
@@ -133,55 +44,55 @@ class Settings:
     """Everything the edge is configured with. Defaults are those of the seed README."""
 
     # Server
-    edge_id: str = _setting("EDGE_ID", "edge-1", "1 to 64 of letters, digits and . _ -", _edge_id)
+    edge_id: str = _setting("EDGE_ID", "edge-1", "1 to 64 of letters, digits and . _ -", rule.edge_id)
     #: The edge sends each peer a heartbeat this often (from its registration), and tells the peer to do
     #: the same (registration response). The transport sends no HTTP/2 pings: this is the liveness signal.
     heartbeat_interval_sec: int = _setting(
-        "HEARTBEAT_INTERVAL_SEC", 30, "a whole number of seconds above 0", _positive
+        "HEARTBEAT_INTERVAL_SEC", 30, "a whole number of seconds above 0", rule.positive
     )
     #: A registered peer that sends nothing for this long is cut off: reason `timeout`, DEADLINE_EXCEEDED.
     #: Any message counts. Time spent waiting on a full event channel (Kafka slow) does not count.
     peer_timeout_sec: int = _setting(
-        "PEER_TIMEOUT_SEC", 120, "a whole number of seconds above HEARTBEAT_INTERVAL_SEC", _positive
+        "PEER_TIMEOUT_SEC", 120, "a whole number of seconds above HEARTBEAT_INTERVAL_SEC", rule.positive
     )
     #: A stream whose first message (its registration) has not arrived by then gets a refusal and
     #: DEADLINE_EXCEEDED; nothing is published for it.
     peer_handshake_timeout_sec: float = _setting(
-        "PEER_HANDSHAKE_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
+        "PEER_HANDSHAKE_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", rule.positive
     )
     #: Registered sessions at once (an ended one counts until its `disconnected` is queued); one more
     #: registration gets a refusal and RESOURCE_EXHAUSTED (a takeover of a connected id is not one
     #: more). Streams still in their handshake are not counted.
-    max_peers: int = _setting("MAX_PEERS", 10000, "a whole number above 0", _positive)
+    max_peers: int = _setting("MAX_PEERS", 10000, "a whole number above 0", rule.positive)
     #: EdgeMessages (commands, heartbeats) queued for one peer beyond the one being written. When full,
     #: `Session.offer` raises trio.WouldBlock at once and the router retries by its backoff rules: a peer
     #: that stops reading holds this many messages at most.
     peer_outbound_queue_size: int = _setting(
-        "PEER_OUTBOUND_QUEUE_SIZE", 32, "a whole number above 0", _positive
+        "PEER_OUTBOUND_QUEUE_SIZE", 32, "a whole number above 0", rule.positive
     )
     #: Catalog ids in one registration; more: a refusal and RESOURCE_EXHAUSTED.
     max_catalog_size: int = _setting(
-        "MAX_CATALOG_SIZE", 100000, "a whole number of catalog ids above 0", _positive
+        "MAX_CATALOG_SIZE", 100000, "a whole number of catalog ids above 0", rule.positive
     )
     #: Deadline of each shutdown phase (sessions' cleanup, the final flush to Kafka), of one session's
     #: cleanup, and of a registration's wait for the session it replaces to finish (then UNAVAILABLE).
     shutdown_timeout_sec: float = _setting(
-        "SHUTDOWN_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", _positive
+        "SHUTDOWN_TIMEOUT_SEC", 10.0, "seconds above 0 (may be fractional)", rule.positive
     )
     shutdown_deadline_sec: float = _setting(
         "SHUTDOWN_DEADLINE_SEC",
         25.0,
         "seconds above 0 (may be fractional): the whole drain, from the first signal to exit",
-        _positive,
+        rule.positive,
     )
     health_http_address: Address | None = _setting(
         "HEALTH_HTTP_ADDRESS",
         Address("0.0.0.0", 8080),
         "host:port for /healthz, /readyz and /metrics (port 0 picks a free one), or off",
     )
-    log_level: str = _setting("LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS), _one_of(*LOG_LEVELS))
+    log_level: str = _setting("LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS), rule.one_of(*LOG_LEVELS))
     log_format: str = _setting(
-        "LOG_FORMAT", "auto", "one of " + ", ".join(LOG_FORMATS), _one_of(*LOG_FORMATS)
+        "LOG_FORMAT", "auto", "one of " + ", ".join(LOG_FORMATS), rule.one_of(*LOG_FORMATS)
     )
 
     # gRPC
@@ -194,20 +105,20 @@ class Settings:
     #: Trio has no worker pool: the command router's bound on command deliveries in progress at once.
     #: It never limits peers (each peer is a few Trio tasks; MAX_PEERS is the peer limit).
     grpc_max_workers: int = _setting(
-        "GRPC_MAX_WORKERS", 10, "a whole number above 0 (concurrent command deliveries)", _positive
+        "GRPC_MAX_WORKERS", 10, "a whole number above 0 (concurrent command deliveries)", rule.positive
     )
     #: Largest gRPC message either way, after decompression. A peer's larger message ends its session
     #: (`protocol_error`, RESOURCE_EXHAUSTED); a larger command is not written (the delivery fails).
     grpc_max_message_bytes: int = _setting(
-        "GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, "a whole number of bytes above 0", _positive
+        "GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, "a whole number of bytes above 0", rule.positive
     )
     grpc_max_concurrent_streams: int = _setting(
-        "GRPC_MAX_CONCURRENT_STREAMS", 100, "a whole number above 0 (streams per connection)", _positive
+        "GRPC_MAX_CONCURRENT_STREAMS", 100, "a whole number above 0 (streams per connection)", rule.positive
     )
 
     # Peer identity and abuse limits (docs/security.md)
     peer_auth_mode: str = _setting(
-        "PEER_AUTH_MODE", "token", "one of " + ", ".join(PEER_AUTH_MODES), _one_of(*PEER_AUTH_MODES)
+        "PEER_AUTH_MODE", "token", "one of " + ", ".join(PEER_AUTH_MODES), rule.one_of(*PEER_AUTH_MODES)
     )
     grpc_client_ca_path: Path | None = _setting(
         "GRPC_CLIENT_CA_PATH", None, "a path to PEM CA certificates that sign peer certificates (empty: none)"
@@ -222,25 +133,25 @@ class Settings:
         "PEER_TOKEN_AUDIENCE", "", "the aud tokens must carry (empty: tokens carrying aud are refused)"
     )
     peer_token_leeway_sec: float = _setting(
-        "PEER_TOKEN_LEEWAY_SEC", 30.0, "seconds, 0 or more, of clock skew allowed on exp and nbf", _non_negative
+        "PEER_TOKEN_LEEWAY_SEC", 30.0, "seconds, 0 or more, of clock skew allowed on exp and nbf", rule.non_negative
     )
     peer_registration_rate_per_address: float = _setting(
         "PEER_REGISTRATION_RATE_PER_ADDRESS",
         10.0,
         "new streams per second per source address, 0 or more (0: no limit)",
-        _non_negative,
+        rule.non_negative,
     )
     peer_registration_burst_per_address: int = _setting(
-        "PEER_REGISTRATION_BURST_PER_ADDRESS", 50, "a whole number of streams above 0", _positive
+        "PEER_REGISTRATION_BURST_PER_ADDRESS", 50, "a whole number of streams above 0", rule.positive
     )
     peer_message_rate: float = _setting(
-        "PEER_MESSAGE_RATE", 100.0, "messages per second per peer, above 0", _positive
+        "PEER_MESSAGE_RATE", 100.0, "messages per second per peer, above 0", rule.positive
     )
     peer_message_burst: int = _setting(
-        "PEER_MESSAGE_BURST", 1000, "a whole number of messages above 0", _positive
+        "PEER_MESSAGE_BURST", 1000, "a whole number of messages above 0", rule.positive
     )
     max_unregistered_streams: int = _setting(
-        "MAX_UNREGISTERED_STREAMS", 1000, "a whole number above 0 (streams not registered yet)", _positive
+        "MAX_UNREGISTERED_STREAMS", 1000, "a whole number above 0 (streams not registered yet)", rule.positive
     )
     #: Bytes the edge holds, over every connection, for streams that have not registered yet (their
     #: first message on its way). A stream whose bytes would go over it is refused with
@@ -249,76 +160,103 @@ class Settings:
         "PEER_UNREGISTERED_BUFFER_BYTES",
         64 * 1024 * 1024,
         "a whole number of bytes, at least GRPC_MAX_MESSAGE_BYTES",
-        _positive,
+        rule.positive,
     )
 
     # Kafka
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "comma-separated host:port list"
     )
-    kafka_group_id: str = _setting("KAFKA_GROUP_ID", "edge-service", "a consumer group id")
+    #: The command consumer's group; `{}` stands for EDGE_ID, so by default every edge has a group of
+    #: its own and one edge's start, stop or crash never rebalances another (docs/scaling.md).
+    kafka_group_id: str = _setting(
+        "KAFKA_GROUP_ID", "edge-service-{}", "a consumer group id, with at most one {} (EDGE_ID)", rule.group_id
+    )
     kafka_edge_commands_topic_pattern: str = _setting(
-        "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN", "edge-commands-{}", "a topic name with one {}", _pattern
+        "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN", "edge-commands-{}", "a topic name with one {}", rule.pattern
     )
     kafka_peer_lifecycle_events_topic: str = _setting(
-        "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC", "peer-lifecycle-events", "a Kafka topic name", _topic_name
+        "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC", "peer-lifecycle-events", "a Kafka topic name", rule.topic_name
     )
     kafka_peer_catalog_updates_topic: str = _setting(
-        "KAFKA_PEER_CATALOG_UPDATES_TOPIC", "peer-catalog-updates", "a Kafka topic name", _topic_name
+        "KAFKA_PEER_CATALOG_UPDATES_TOPIC", "peer-catalog-updates", "a Kafka topic name", rule.topic_name
     )
     kafka_file_delete_responses_topic: str = _setting(
-        "KAFKA_FILE_DELETE_RESPONSES_TOPIC", "file-delete-responses", "a Kafka topic name", _topic_name
+        "KAFKA_FILE_DELETE_RESPONSES_TOPIC", "file-delete-responses", "a Kafka topic name", rule.topic_name
     )
     kafka_file_hash_responses_topic: str = _setting(
-        "KAFKA_FILE_HASH_RESPONSES_TOPIC", "file-hash-responses", "a Kafka topic name", _topic_name
+        "KAFKA_FILE_HASH_RESPONSES_TOPIC", "file-hash-responses", "a Kafka topic name", rule.topic_name
     )
     kafka_screenshot_capture_responses_topic: str = _setting(
         "KAFKA_SCREENSHOT_CAPTURE_RESPONSES_TOPIC",
         "screenshot-capture-responses",
         "a Kafka topic name",
-        _topic_name,
+        rule.topic_name,
     )
     kafka_file_remap_responses_topic: str = _setting(
-        "KAFKA_FILE_REMAP_RESPONSES_TOPIC", "file-remap-responses", "a Kafka topic name", _topic_name
+        "KAFKA_FILE_REMAP_RESPONSES_TOPIC", "file-remap-responses", "a Kafka topic name", rule.topic_name
+    )
+    #: Compacted, keyed by peer id: the last lifecycle record of every peer, which every edge reads in
+    #: full to know which edge holds which peer (docs/scaling.md#presence).
+    kafka_peer_presence_topic: str = _setting(
+        "KAFKA_PEER_PRESENCE_TOPIC", "peer-presence", "a Kafka topic name", rule.topic_name
+    )
+    #: Peers the presence view remembers; past it the least recently updated is forgotten.
+    presence_max_peers: int = _setting(
+        "PRESENCE_MAX_PEERS", 1_000_000, "a whole number of peers above 0", rule.positive
+    )
+    #: How long a command waits for a peer that presence saw connected moments ago (its edge ended
+    #: the session or died) instead of being dead-lettered `peer_not_connected`.
+    command_peer_grace_sec: float = _setting(
+        "COMMAND_PEER_GRACE_SEC", 30.0, "seconds, 0 or more (0: no grace)", rule.non_negative
+    )
+    #: How many times a command may be forwarded from edge to edge following its peer.
+    command_max_hops: int = _setting(
+        "COMMAND_MAX_HOPS", 3, "a whole number, 0 or more (0: never forward)", rule.non_negative
     )
     kafka_deadletter_topic_pattern: str = _setting(
-        "KAFKA_DEADLETTER_TOPIC_PATTERN", "edge-commands-{}.deadletter", "a topic name with one {}", _pattern
+        "KAFKA_DEADLETTER_TOPIC_PATTERN", "edge-commands-{}.deadletter", "a topic name with one {}", rule.pattern
     )
     kafka_enable_idempotence: bool = _setting("KAFKA_ENABLE_IDEMPOTENCE", True, "true or false")
     kafka_event_buffer_size: int = _setting(
-        "KAFKA_EVENT_BUFFER_SIZE", 10000, "a whole number of events above 0", _positive
+        "KAFKA_EVENT_BUFFER_SIZE", 10000, "a whole number of events above 0", rule.positive
     )
     kafka_produce_batch_size: int = _setting(
-        "KAFKA_PRODUCE_BATCH_SIZE", 500, "a whole number of records above 0", _positive
+        "KAFKA_PRODUCE_BATCH_SIZE", 500, "a whole number of records above 0", rule.positive
     )
     kafka_request_timeout_sec: float = _setting(
-        "KAFKA_REQUEST_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", _positive
+        "KAFKA_REQUEST_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", rule.positive
     )
     kafka_max_pending_commands: int = _setting(
         "KAFKA_MAX_PENDING_COMMANDS",
         1000,
         "a whole number of commands above 0 (read and not yet settled, held ones aside)",
-        _positive,
+        rule.positive,
     )
     kafka_commit_interval_ms: int = _setting(
-        "KAFKA_COMMIT_INTERVAL_MS", 500, "a whole number of milliseconds above 0", _positive
+        "KAFKA_COMMIT_INTERVAL_MS", 500, "a whole number of milliseconds above 0", rule.positive
     )
     kafka_session_timeout_sec: float = _setting(
         "KAFKA_SESSION_TIMEOUT_SEC",
         10.0,
         "seconds from 1 to 300 (the broker's group.min/max.session.timeout.ms must allow it)",
-        _session_timeout,
+        rule.session_timeout,
     )
     kafka_create_topics: bool = _setting("KAFKA_CREATE_TOPICS", True, "true or false")
     kafka_topic_partitions: int = _setting(
-        "KAFKA_TOPIC_PARTITIONS", 3, "a whole number above 0", _positive
+        "KAFKA_TOPIC_PARTITIONS", 3, "a whole number above 0", rule.positive
     )
+    #: 0 (`auto`): min(AUTO_REPLICATION_FACTOR, brokers in the cluster), read when topics are created.
     kafka_topic_replication_factor: int = _setting(
-        "KAFKA_TOPIC_REPLICATION_FACTOR", 1, "a whole number above 0", _positive
+        "KAFKA_TOPIC_REPLICATION_FACTOR",
+        1,
+        "a whole number above 0, or auto (0): min(3, the brokers in the cluster)",
+        rule.non_negative,
+        words={"auto": 0},
     )
     #: Raw screenshot bytes forwarded (base64) in a screenshot response record; larger: an error record.
     screenshot_max_bytes: int = _setting(
-        "SCREENSHOT_MAX_BYTES", 512 * 1024, "a whole number of bytes above 0", _positive
+        "SCREENSHOT_MAX_BYTES", 512 * 1024, "a whole number of bytes above 0", rule.positive
     )
     #: Largest JSON value of a record the edge produces from a peer message. Larger full catalogs and
     #: file offers are split into numbered parts; larger responses become error records.
@@ -326,22 +264,22 @@ class Settings:
         "KAFKA_MAX_RECORD_BYTES",
         MAX_RECORD_BYTES,
         f"a whole number of bytes from {MIN_RECORD_BYTES} to {MAX_RECORD_BYTES}",
-        _record_bytes,
+        rule.record_bytes,
     )
 
     # Command delivery
-    retry_max_retries: int = _setting("RETRY_MAX_RETRIES", 3, "a whole number, 0 or more", _non_negative)
+    retry_max_retries: int = _setting("RETRY_MAX_RETRIES", 3, "a whole number, 0 or more", rule.non_negative)
     retry_initial_delay_ms: int = _setting(
-        "RETRY_INITIAL_DELAY_MS", 100, "a whole number of milliseconds, 0 or more", _non_negative
+        "RETRY_INITIAL_DELAY_MS", 100, "a whole number of milliseconds, 0 or more", rule.non_negative
     )
     retry_max_delay_ms: int = _setting(
-        "RETRY_MAX_DELAY_MS", 1000, "a whole number of milliseconds, 0 or more", _non_negative
+        "RETRY_MAX_DELAY_MS", 1000, "a whole number of milliseconds, 0 or more", rule.non_negative
     )
     retry_jitter_factor: float = _setting(
-        "RETRY_JITTER_FACTOR", 0.1, "a number from 0 to 1", _fraction
+        "RETRY_JITTER_FACTOR", 0.1, "a number from 0 to 1", rule.fraction
     )
     retry_max_held_commands: int = _setting(
-        "RETRY_MAX_HELD_COMMANDS", 10000, "a whole number above 0", _positive
+        "RETRY_MAX_HELD_COMMANDS", 10000, "a whole number above 0", rule.positive
     )
 
     def __attrs_post_init__(self) -> None:
@@ -367,6 +305,15 @@ class Settings:
     def deadletter_topic(self) -> str:
         return self.kafka_deadletter_topic_pattern.format(self.edge_id)
 
+    @property
+    def group_id(self) -> str:
+        """The command consumer's group: KAFKA_GROUP_ID with `{}` replaced by EDGE_ID."""
+        return self.kafka_group_id.replace("{}", self.edge_id)
+
+    def commands_topic_of(self, edge_id: str) -> str:
+        """The command topic of another edge (where commands for its peers are forwarded)."""
+        return self.kafka_edge_commands_topic_pattern.format(edge_id)
+
     def produced_topics(self) -> tuple[str, ...]:
         """Every topic the edge writes to."""
         return (
@@ -377,6 +324,7 @@ class Settings:
             self.kafka_screenshot_capture_responses_topic,
             self.kafka_file_remap_responses_topic,
             self.deadletter_topic,
+            self.kafka_peer_presence_topic,
         )
 
 
@@ -427,7 +375,8 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
     raw: dict[str, Any] = {}
     for variable, field in env_variables().items():
         if variable in environ:
-            raw[field.name] = environ[variable]
+            text = environ[variable]
+            raw[field.name] = field.metadata.get("words", {}).get(text.strip().lower(), text)
     raw.update(overrides)
     try:
         return _CONVERTER.structure(raw, Settings)

@@ -5,6 +5,9 @@ The two sides are siblings: neither imports the other, both import this module. 
     commands, Kafka -> peer     the router finds a peer through a `PeerDirectory`, offers a
                                 `Delivery` to its `PeerSession`; the session settles it, written or not,
                                 or refuses it at once (`trio.WouldBlock` when full, `SessionGone`)
+    presence, both ways         the directory's `presence` view (edge.presence): the registry writes
+                                its own sessions into it, the Kafka side the whole fleet's; the Kafka
+                                side asks the directory to `displace` a session another edge took over
     events, peer -> Kafka       `OutboundRecord`s (edge.records) on the one bounded event channel,
                                 always sent through `send_event`, which counts the time spent waiting
                                 for room (backpressure) in `giggityflix_edge_event_backpressure_seconds`
@@ -23,6 +26,7 @@ import attrs
 import trio
 
 from edge.ops.metrics import EdgeMetrics
+from edge.presence import Holder, PresenceView
 from edge.proto import pb
 from edge.records import OutboundRecord
 
@@ -70,8 +74,18 @@ class PeerSession(Protocol):
 class PeerDirectory(Protocol):
     """What the router needs of the peer registry."""
 
+    @property
+    def presence(self) -> PresenceView:
+        """Which edge holds which peer, fleet-wide (kept by both sides; see edge.presence)."""
+        ...
+
     def lookup(self, peer_id: str) -> PeerSession | None:
         """The peer's live session if it can take deliveries now, else None."""
+        ...
+
+    def displace(self, peer_id: str, newer: Holder) -> bool:
+        """`newer` is a session of the peer on another edge: end the one here (reason `replaced`) if
+        it is older. Returns whether one was ended."""
         ...
 
 

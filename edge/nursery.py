@@ -42,6 +42,7 @@ from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
+from edge.presence import PresenceView
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -132,7 +133,13 @@ async def serve(
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
-    registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
+    registry = PeerRegistry(
+        max_peers=settings.max_peers,
+        takeover_timeout=settings.shutdown_timeout_sec,
+        edge_id=settings.edge_id,
+        presence=PresenceView(settings.presence_max_peers),
+        now=now,
+    )
     if kafka_state is not None:
         runtime.health.kafka = kafka_state
     kafka = runtime.health.kafka

@@ -1,7 +1,8 @@
 """What the tests and the benchmark run the edge with; not part of the shipped package.
 
-    kafka/          real Kafka brokers (`python -m testing.kafka.broker fetch|run`), a small
-                    aiokafka client for reading and writing records, and their pytest fixtures
+    kafka/          real Kafka brokers (`python -m testing.kafka.broker fetch|run`), a 3-node cluster
+                    (`python -m testing.kafka.cluster`), a small aiokafka client for reading and
+                    writing records, and their pytest fixtures
     harness.py      `running_edge`: `edge.serve` in a cancel scope of its own, with the Kafka bridge
                     or an in-memory `MemoryBridge` that keeps what the edge would publish
     grpcio_peer.py  `GrpcioPeer`: one `Connect` stream driven by the real grpcio client

@@ -100,6 +100,16 @@ class RunningEdge:
         """The gRPC transport's live counters (connections, streams, statuses)."""
         return self.started.runtime.grpc_stats
 
+    @property
+    def kafka(self) -> KafkaState:
+        return self.started.runtime.health.kafka
+
+    async def caught_up(self, timeout: float = 60) -> None:
+        """Wait until the presence view has read the presence topic to its end (part of readiness)."""
+        with trio.fail_after(timeout):
+            while not self.kafka.presence_caught_up:
+                await self.kafka.changed.wait()
+
     def refused(self, cause: str) -> float:
         """`giggityflix_edge_registrations_refused_total{cause}` so far."""
         value = self.runtime.metrics.registry.get_sample_value(
@@ -122,10 +132,14 @@ class RunningEdge:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(settings: edge.Settings, *, bridge: MemoryBridge | None = None) -> AsyncIterator[RunningEdge]:
-    """`edge.serve(settings)`, with `bridge` in the Kafka bridge's place if given; stopped when the
-    block ends."""
+async def running_edge(
+    settings: edge.Settings, *, bridge: MemoryBridge | None = None, now: Callable[[], Any] | None = None
+) -> AsyncIterator[RunningEdge]:
+    """`edge.serve(settings)`, with `bridge` in the Kafka bridge's place if given, and `now` as its wall
+    clock if given; stopped when the block ends."""
     serve: Callable[..., Awaitable[None]] = edge.serve if bridge is None else partial(edge.serve, bridge=bridge)
+    if now is not None:
+        serve = partial(serve, now=now)
     async with stoppable(serve, settings) as (started, handle):
         yield RunningEdge(started, handle, bridge)
 
@@ -189,7 +203,10 @@ class MemoryBridge:
     SHUTDOWN_TIMEOUT_SEC; with `stalled` set it takes nothing (a Kafka that accepts nothing)."""
 
     stalled: bool = False
+    #: Records for this topic (the lifecycle records' presence twins) go to `presence`, not `published`.
+    presence_topic: str = "peer-presence"
     published: list[Published] = attrs.field(factory=list)
+    presence: list[OutboundRecord] = attrs.field(factory=list)
     #: Records taken so far, by key (cheap to check on every record, unlike scanning `published`).
     counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     closed_at: float | None = None
@@ -208,6 +225,7 @@ class MemoryBridge:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         await dead_letters.aclose()  # no commands here, so no dead letters
+        self.presence_topic = settings.kafka_peer_presence_topic
         kafka.consumer_enabled = False
         kafka.set_producer(True)
         task_status.started()
@@ -225,11 +243,18 @@ class MemoryBridge:
         if self.stalled:
             await trio.sleep_forever()
         async for record in events:
-            self._keep(record)
+            if record.topic == self.presence_topic:
+                self.presence.append(record)
+            else:
+                self._keep(record)
 
     async def take(self, events: trio.MemoryReceiveChannel[OutboundRecord]) -> Published:
-        """Take just the next record."""
-        return self._keep(await events.receive())
+        """Take just the next record (presence twins aside)."""
+        record = await events.receive()
+        while record.topic == self.presence_topic:
+            self.presence.append(record)
+            record = await events.receive()
+        return self._keep(record)
 
     def _keep(self, record: OutboundRecord) -> Published:
         published = Published(trio.current_time(), record)

@@ -26,6 +26,7 @@ def edge_settings(edge_id: str, bootstrap: str, tls_files: TlsFiles, idempotence
         kafka_enable_idempotence=idempotence,
         kafka_group_id=f"{edge_id}-group",
         kafka_peer_lifecycle_events_topic=f"{edge_id}-lifecycle",
+        kafka_peer_presence_topic=f"{edge_id}-presence",
         kafka_peer_catalog_updates_topic=f"{edge_id}-catalog",
         kafka_file_delete_responses_topic=f"{edge_id}-delete",
         kafka_file_hash_responses_topic=f"{edge_id}-hash",

@@ -19,7 +19,8 @@ SEED_DEFAULTS = {
     "GRPC_KEY_PATH": Path("certs/server.key"),
     "GRPC_MAX_WORKERS": 10,
     "KAFKA_BOOTSTRAP_SERVERS": "localhost:9092",
-    "KAFKA_GROUP_ID": "edge-service",
+    # The seed's `edge-service`, now one group per edge (`{}` is EDGE_ID): docs/scaling.md.
+    "KAFKA_GROUP_ID": "edge-service-{}",
     "KAFKA_EDGE_COMMANDS_TOPIC_PATTERN": "edge-commands-{}",
     "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": "peer-lifecycle-events",
     "KAFKA_PEER_CATALOG_UPDATES_TOPIC": "peer-catalog-updates",
@@ -99,6 +100,10 @@ PARSED = {
     "RETRY_MAX_DELAY_MS": ("5000", 5000),
     "RETRY_JITTER_FACTOR": ("0.5", 0.5),
     "RETRY_MAX_HELD_COMMANDS": ("7", 7),
+    "KAFKA_PEER_PRESENCE_TOPIC": ("presence.v2", "presence.v2"),
+    "PRESENCE_MAX_PEERS": ("5000", 5000),
+    "COMMAND_PEER_GRACE_SEC": ("2.5", 2.5),
+    "COMMAND_MAX_HOPS": ("0", 0),
 }
 
 BAD = {
@@ -132,7 +137,18 @@ BAD = {
     "MAX_UNREGISTERED_STREAMS": "0",
     "PEER_UNREGISTERED_BUFFER_BYTES": "1048576",
     "KAFKA_MAX_RECORD_BYTES": "2000000",
+    "KAFKA_GROUP_ID": "edges-{}-{}",
+    "KAFKA_PEER_PRESENCE_TOPIC": "presence topic",
+    "PRESENCE_MAX_PEERS": "0",
+    "COMMAND_PEER_GRACE_SEC": "-1",
+    "COMMAND_MAX_HOPS": "-1",
 }
+
+
+def test_group_id_is_one_per_edge_by_default():
+    """KAFKA_GROUP_ID's `{}` is EDGE_ID: edges do not share a group unless told to."""
+    assert load_settings({"EDGE_ID": "edge-7"}).group_id == "edge-service-edge-7"
+    assert load_settings({"EDGE_ID": "edge-7", "KAFKA_GROUP_ID": "shared"}).group_id == "shared"
 
 
 def test_every_variable_is_covered():
@@ -166,6 +182,14 @@ def test_bad_values_name_the_variable(variable):
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: expected ")
     assert "\n" not in str(caught.value)
+
+
+def test_replication_factor_auto_reads_as_zero():
+    assert load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": " Auto "}).kafka_topic_replication_factor == 0
+    assert load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": "0"}).kafka_topic_replication_factor == 0
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KAFKA_TOPIC_REPLICATION_FACTOR": "-1"})
+    assert "auto" in caught.value.accepts
 
 
 def test_timeout_must_exceed_heartbeat():

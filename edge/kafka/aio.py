@@ -139,7 +139,7 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": f"giggityflix-edge-{settings.edge_id}",
-        "group_id": settings.kafka_group_id,
+        "group_id": settings.group_id,
         "enable_auto_commit": False,  # manual commits only (docs/design.md#aiokafka-auto-commit)
         "auto_offset_reset": "earliest",  # a new group starts from the beginning (docs/protocol.md#commands)
         "isolation_level": "read_committed",  # never act on a command whose transaction aborted
@@ -190,7 +190,7 @@ class AioConsumer:
     def __init__(self, settings: Settings, assignments: Assignments) -> None:
         self._settings = settings
         self._topic = settings.commands_topic
-        self._group = settings.kafka_group_id
+        self._group = settings.group_id
         self._assignments = assignments
         self._timeout = settings.kafka_request_timeout_sec
         self._consumer = AIOKafkaConsumer(**consumer_options(settings))

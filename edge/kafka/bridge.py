@@ -5,6 +5,7 @@
       serve_event_producer     event channel -> Kafka (lifecycle, catalog, responses, dead letters)
       CommandRouter.serve      one line per peer with commands waiting -> the peer's outbound channel
       serve_command_consumer   command topic -> parse -> router, or -> dead letters; manual commits
+      serve_presence           presence topic -> the presence view (no group); cross-edge takeovers
       topic check, again       only if Kafka was unreachable at start-up, until it answers
       readiness reporter       logs `kafka_ready` / `kafka_not_ready` on every change
 
@@ -39,6 +40,7 @@ from edge.kafka.backoff import RandomSource
 from edge.kafka.commands import CommandParser
 from edge.kafka.consumer import CommandIntake, serve_command_consumer
 from edge.kafka.offsets import OffsetTracker
+from edge.kafka.presence import serve_presence
 from edge.kafka.producer import serve_event_producer
 from edge.kafka.router import CommandRouter
 from edge.kafka.topics import ensure_topics
@@ -79,12 +81,15 @@ async def serve_kafka_bridge(
         # The command path, in its order: the intake (offsets, window), the router that settles into
         # it, the parser; the consumer gets all three.
         intake = CommandIntake(OffsetTracker(), settings.kafka_max_pending_commands)
-        router = CommandRouter(settings, registry, dead_letters, intake.settle, now, random=random, metrics=metrics)
+        router = CommandRouter(
+            settings, registry, dead_letters, intake.settle, now, random=random, presence=registry.presence, metrics=metrics
+        )
         parser = CommandParser(max_message_bytes=settings.grpc_max_message_bytes)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_readiness, state)
             await nursery.start(partial(serve_event_producer, metrics=metrics), settings, events, state, topics_ready)
             await nursery.start(router.serve)
+            await nursery.start(serve_presence, settings, registry, state, topics_ready)
             if not topics_ready.is_set():
                 nursery.start_soon(_check_topics_until_done, settings, topics_ready)
             nursery.start_soon(

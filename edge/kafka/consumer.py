@@ -238,7 +238,7 @@ class _Consumer:
         log.info(
             "kafka_consumer_started",
             topic=self.settings.commands_topic,
-            group=self.settings.kafka_group_id,
+            group=self.settings.group_id,
         )
         try:
             await self._consume(aio)

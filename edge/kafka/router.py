@@ -27,6 +27,9 @@ What it guarantees:
   deduplication covers it; see docs/kafka.md.)
 - Settling. A delivered command's ticket is settled at once; a dead-lettered one when the broker
   acknowledged its dead letter (`OutboundRecord.on_ack`). Only settled records are committed.
+- Following the peer (edge.kafka.forwarding). With no session here, presence decides: forwarded, in
+  line order, to the edge holding the peer (settled on the broker's ack), or waited for without running
+  out of retries if it left less than COMMAND_PEER_GRACE_SEC ago.
 - Revocation. `abandon(partitions)` drops every waiting command of those partitions: their new owner
   (often this edge again) reads them from the last commit.
 
@@ -52,8 +55,10 @@ from edge.convert import timestamp
 from edge.handoff import Delivery, PeerDirectory, PeerSession, SessionGone, send_event
 from edge.kafka.backoff import RandomSource, RetryPolicy
 from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
+from edge.kafka.forwarding import Decision, Forward, Wait, decide, forwarded_record, hops_of
 from edge.kafka.offsets import Partition, Ticket
 from edge.ops.metrics import EdgeMetrics
+from edge.presence import PresenceView, epoch_ms
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
@@ -93,6 +98,7 @@ class RouterStats:
     delivered: int = 0
     dead_lettered: dict[str, int] = attrs.field(factory=dict)
     retries: int = 0
+    forwarded: int = 0
 
 
 class CommandRouter:
@@ -108,6 +114,7 @@ class CommandRouter:
         *,
         random: RandomSource | None = None,
         write_timeout: float = WRITE_TIMEOUT_SEC,
+        presence: PresenceView | None = None,
         metrics: EdgeMetrics,
     ) -> None:
         self._settings = settings
@@ -120,6 +127,8 @@ class CommandRouter:
         self._policy = RetryPolicy.from_settings(settings)
         self._limiter = trio.CapacityLimiter(settings.grpc_max_workers)
         self._max_held = settings.retry_max_held_commands
+        self._presence = presence
+        self._started_ms = 0  # wall-clock ms when `serve` started
         self._lines: dict[str, _Line] = {}
         self._nursery: trio.Nursery | None = None
         self._held = 0
@@ -142,6 +151,7 @@ class CommandRouter:
         return self._limiter.borrowed_tokens
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._started_ms = epoch_ms(self._now())
         async with self._events:
             try:
                 async with trio.open_nursery() as nursery:
@@ -233,6 +243,11 @@ class CommandRouter:
                             await line.wake.wait()
                         continue
                 head = line.queue[0]
+                decision = self._absent(line.peer_id, head)
+                if isinstance(decision, Forward):
+                    await self._forward(line, head, decision)
+                    reachable = True  # the next command goes the same way at once, in order
+                    continue
                 failure = await self._attempt(line.peer_id, head)
                 if head.abandoned:
                     reachable = False
@@ -248,10 +263,33 @@ class CommandRouter:
                     reachable = True
                 else:
                     reachable = False
-                    await self._fail_due(line, failure)
+                    await self._fail_due(line, failure, grace=isinstance(decision, Wait))
         finally:
             if self._lines.get(line.peer_id) is line:
                 del self._lines[line.peer_id]
+
+    def _absent(self, peer_id: str, pending: _Pending) -> Decision:
+        """What presence says to do when the peer has no session here (None: the usual rules)."""
+        if self._presence is None or self._sessions.lookup(peer_id) is not None:
+            return None
+        if pending.delivery is not None and (not pending.delivery.settled or pending.delivery.written):
+            return None  # a write to the old session is pending or done: `_attempt` settles it
+        hops, settings, now_ms = hops_of(pending.command.original), self._settings, epoch_ms(self._now())
+        grace_ms, holder = int(settings.command_peer_grace_sec * 1000), self._presence.get(peer_id)
+        return decide(
+            holder, edge_id=settings.edge_id, hops=hops, max_hops=settings.command_max_hops,
+            now_ms=now_ms, grace_ms=grace_ms, started_ms=self._started_ms,
+        )  # fmt: skip
+
+    async def _forward(self, line: _Line, pending: _Pending, to: Forward) -> None:
+        """Send the head command on to the edge that holds its peer; settled when acknowledged."""
+        self._remove(line, pending)
+        hops, edge_id, settle = hops_of(pending.command.original) or 0, self._settings.edge_id, partial(self._settle, pending.ticket)
+        self.stats.forwarded += 1
+        log.info("command_forwarded", request_id=pending.command.request_id, to_edge=to.edge_id, hops=hops + 1)
+        topic = self._settings.commands_topic_of(to.edge_id)
+        record = forwarded_record(pending.command, topic=topic, edge_id=edge_id, hops=hops, on_ack=settle)
+        await send_event(self._events, record, self.metrics)
 
     def _next_wake(self, line: _Line) -> float:
         wake_at = min(pending.next_due for pending in line.queue)
@@ -292,9 +330,10 @@ class CommandRouter:
             pending.delivery = None
             return Reason.DELIVERY_FAILED, "the peer's session ended before the command was written"
 
-    async def _fail_due(self, line: _Line, failure: Failure) -> None:
+    async def _fail_due(self, line: _Line, failure: Failure, *, grace: bool = False) -> None:
         """Count a failed attempt for the head and every command of the line whose retry is due;
-        reschedule them, or dead-letter those out of retries."""
+        reschedule them, or dead-letter those out of retries (none while `grace`: the peer went
+        moments ago and is waited for)."""
         reason, detail = failure
         now = trio.current_time()
         letters: list[tuple[_Pending, Reason, str]] = []
@@ -316,7 +355,7 @@ class CommandRouter:
                         continue
                     pending.held = True
                     self._held += 1
-            elif pending.attempts > self._policy.max_retries:
+            elif pending.attempts > self._policy.max_retries and not grace:
                 letters.append((pending, reason, f"{detail} (after {pending.attempts} attempts)"))
                 continue
             self.stats.retries += 1

@@ -2,7 +2,8 @@
 
 The edge is ready (gRPC `SERVING`, `/readyz` 200) when both hold:
 * the Kafka bridge is connected (`KafkaState.ready`: the producer, and the command consumer once it
-  is enabled), so what peers say reaches the backend and commands reach peers;
+  is enabled), so what peers say reaches the backend and commands reach peers, and the presence view
+  has read the presence topic to its end, so epochs and forwarding know the whole fleet;
 * the peer server accepts new streams: bound and listening, and not draining.
 
 `EdgeHealth` holds the second fact and reads the first from `KafkaState` (edge.ops.readiness). Watchers (gRPC
@@ -68,6 +69,8 @@ class EdgeHealth:
             reasons.append("kafka producer not connected")
         if self.kafka.consumer_enabled and not self.kafka.consumer_connected:
             reasons.append("kafka command consumer not connected")
+        if self.kafka.presence_enabled and not self.kafka.presence_caught_up:
+            reasons.append("presence view not caught up with the presence topic")
         return reasons
 
     def describe(self) -> dict[str, Any]:

@@ -174,7 +174,12 @@ class PeerStreamHandler:
         )
 
     async def _announce(self, session: Session) -> None:
-        await send_event(self.events, protocol.connected_record(session.info, self.settings, self.now()), self.metrics)
+        connected = protocol.connected_record(session.info, self.settings, self.now())
+        await send_event(self.events, connected, self.metrics)
+        # `connected` is queued: the session counts as announced, so its presence twin must follow
+        # even if the registration is cancelled now (bounded, as every shielded cleanup).
+        with trio.move_on_after(self.settings.shutdown_timeout_sec, shield=True):
+            await send_event(self.events, protocol.presence_record(connected, self.settings), self.metrics)
 
     async def _refuse(self, stream: ServerStream, message: str, *, request_id: str = "", peer_name: str = "") -> None:
         refusal = protocol.registration_refused(
@@ -200,11 +205,13 @@ class PeerStreamHandler:
         ending: Ending | None = None
         handed_over = False
         try:
+            disconnected = protocol.disconnected_record(session.info, reason, self.settings, self.now())
             ending = Ending(
                 session,
                 [
                     *session.take_unpublished(),
-                    protocol.disconnected_record(session.info, reason, self.settings, self.now()),
+                    disconnected,
+                    protocol.presence_record(disconnected, self.settings),
                 ],
                 finished=lambda: self.registry.finish(session),
             )

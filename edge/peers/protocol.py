@@ -209,6 +209,12 @@ def disconnected_record(
     return OutboundRecord(settings.kafka_peer_lifecycle_events_topic, info.peer_id, value)
 
 
+def presence_record(lifecycle: OutboundRecord, settings: Settings) -> OutboundRecord:
+    """The same lifecycle value on the compacted presence topic, keyed by the peer id: compaction keeps
+    each peer's last one, which every edge reads at start-up (docs/scaling.md#presence)."""
+    return OutboundRecord(settings.kafka_peer_presence_topic, lifecycle.key, lifecycle.value)
+
+
 def _catalog_value(registration: Registration, info: SessionInfo, now: datetime.datetime) -> dict[str, Any]:
     value = _envelope(info, now, registration.request_id)
     value.update(

@@ -12,18 +12,33 @@ session is ended with reason `replaced` (unless it already ended) and awaited un
 only then is the new session inserted and its `connected` queued. Both go through the same FIFO event
 channel and share a Kafka key, so the backend sees a peer's `disconnected` before its next
 `connected`. Sessions that are ending count toward `max_peers` until they are finished.
+
+Epochs are fleet-wide (docs/scaling.md#epochs): `next_epoch(wall-clock ms, highest epoch presence has
+seen for the peer)`, so a peer's new session is numbered above every session of it this edge has seen
+on any edge, and above its sessions before a restart. The registry writes each session into the
+presence view as it is numbered and as it finishes, so the view is never behind this edge's own
+sessions. `displace` is the cross-edge takeover: presence saw a newer session of a peer on another
+edge, and the one here ends with reason `replaced`.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Awaitable, Callable, Iterator
+import datetime
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
 from edge.peers.session import Session
+from edge.presence import Holder, PresenceView, epoch_ms, next_epoch
 from edge.records import DisconnectReason
+
+#: Peers the view of a registry built without one (tests) remembers.
+DEFAULT_PRESENCE_ENTRIES = 100_000
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 class PeerLimitReached(Exception):
@@ -39,16 +54,17 @@ class PeerRegistry:
     """Peer id -> live session. Safe to use from any task of the edge's Trio run.
 
     `max_peers` caps live sessions (MAX_PEERS); `takeover_timeout` bounds how long a registration waits
-    for the session it replaces to finish its cleanup (SHUTDOWN_TIMEOUT_SEC). Epochs come from one
-    counter per registry (one per edge process): shared by all peers, so they need no per-peer memory,
-    and still only grow for each peer.
+    for the session it replaces to finish its cleanup (SHUTDOWN_TIMEOUT_SEC). `edge_id` names this
+    edge in `presence`, the shared view the Kafka side fills; `now` is the edge's one wall clock.
     """
 
     max_peers: int
     takeover_timeout: float
+    edge_id: str = "edge-1"
+    presence: PresenceView = attrs.field(factory=lambda: PresenceView(DEFAULT_PRESENCE_ENTRIES))
+    now: Callable[[], datetime.datetime] = _utc_now
     _sessions: dict[str, Session] = attrs.field(factory=dict, init=False)
     _claims: dict[str, trio.Lock] = attrs.field(factory=dict, init=False)
-    _epochs: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
     def lookup(self, peer_id: str) -> Session | None:
         """The peer's live session if it can take deliveries (announced and not ending), else None."""
@@ -91,8 +107,12 @@ class PeerRegistry:
                         raise TakeoverTimedOut(peer_id)
                 if len(self._sessions) >= self.max_peers:
                     raise PeerLimitReached(peer_id)
-                # Numbered under the lock, so a later session of a peer always has a higher epoch.
-                session = create(next(self._epochs))
+                # Numbered under the lock, and written into the view at once, so a later session of a
+                # peer always has a higher epoch.
+                now_ms = epoch_ms(self.now())
+                session = create(next_epoch(now_ms, self.presence.highest_epoch(peer_id)))
+                info = session.info
+                self.presence.apply(peer_id, Holder(self.edge_id, info.epoch, info.session_id, True, now_ms))
                 self._sessions[peer_id] = session
                 try:
                     await announce(session)
@@ -107,6 +127,20 @@ class PeerRegistry:
 
     def finish(self, session: Session) -> None:
         """`session`'s last records are queued (or given up): forget it and wake whoever waits for it."""
-        if self._sessions.get(session.info.peer_id) is session:
-            del self._sessions[session.info.peer_id]
+        info = session.info
+        if self._sessions.get(info.peer_id) is session:
+            del self._sessions[info.peer_id]
+        gone = Holder(self.edge_id, info.epoch, info.session_id, False, epoch_ms(self.now()))
+        self.presence.apply(info.peer_id, gone)
         session.ended.set()
+
+    def displace(self, peer_id: str, newer: Holder) -> bool:
+        """Presence saw `newer`, a session of `peer_id` on another edge: end the session here with
+        reason `replaced` if it is older (ABORTED to its stream). Returns whether one was ended."""
+        session = self._sessions.get(peer_id)
+        if session is None or session.end_reason is not None or newer.edge_id == self.edge_id:
+            return False
+        if (session.info.epoch, self.edge_id) >= (newer.epoch, newer.edge_id):
+            return False  # the session here is the newer one: the other edge gives way
+        session.end(DisconnectReason.REPLACED)
+        return True

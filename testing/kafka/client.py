@@ -45,6 +45,16 @@ class Record(NamedTuple):
     offset: int
 
 
+class Partition(NamedTuple):
+    """One partition as Metadata describes it: leader (-1 while it has none), replicas, in-sync replicas."""
+
+    topic: str
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
 class Sent(NamedTuple):
     partition: int
     offset: int
@@ -99,12 +109,14 @@ async def _in_loop(timeout: float, fn: Any, *args: Any) -> Any:
 # --- asyncio side ----------------------------------------------------------------------------
 
 
-async def _aio_create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout: float) -> None:
+async def _aio_create_topics(
+    bootstrap: str, names: Sequence[str], partitions: int, replicas: int, timeout: float
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         async with asyncio.timeout(timeout):
             await admin.start()
-            topics = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+            topics = [NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in names]
             try:
                 response = await admin.create_topics(topics)
             except TopicAlreadyExistsError:
@@ -210,25 +222,44 @@ async def _aio_group_offsets(
     return committed, {tp.partition: offset for tp, offset in ends.items()}
 
 
-async def _aio_topic_partitions(bootstrap: str, topic: str, timeout: float) -> list[int]:
+async def _aio_describe_partitions(bootstrap: str, topics: Sequence[str], timeout: float) -> list[Partition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     try:
         async with asyncio.timeout(timeout):
             await admin.start()
-            [described] = await admin.describe_topics([topic])
+            described = await admin.describe_topics(list(topics))
     finally:
         await admin.close()
-    return sorted(p["partition"] for p in described["partitions"])
+    return sorted(
+        Partition(t["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]))
+        for t in described
+        for p in t["partitions"]
+    )
+
+
+async def _aio_group_coordinator(bootstrap: str, group_id: str, timeout: float) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            return await admin.find_coordinator(group_id)
+    finally:
+        await admin.close()
 
 
 # --- Trio side -------------------------------------------------------------------------------
 
 
 async def create_topics(
-    bootstrap: str, names: Iterable[str], partitions: int = 1, *, timeout: float = DEFAULT_TIMEOUT_SEC
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    *,
+    replicas: int = 1,
+    timeout: float = DEFAULT_TIMEOUT_SEC,
 ) -> None:
-    """Create topics (replication 1) with the admin client; ones that already exist are fine."""
-    await _in_loop(timeout, _aio_create_topics, bootstrap, list(names), partitions, timeout)
+    """Create topics with the admin client; ones that already exist are fine."""
+    await _in_loop(timeout, _aio_create_topics, bootstrap, list(names), partitions, replicas, timeout)
 
 
 async def produce_records(
@@ -293,7 +324,14 @@ async def group_offsets(
 
 async def topic_partitions(bootstrap: str, topic: str, *, timeout: float = DEFAULT_TIMEOUT_SEC) -> list[int]:
     """The partition numbers of an existing topic."""
-    return await _in_loop(timeout, _aio_topic_partitions, bootstrap, topic, timeout)
+    return [p.partition for p in await describe_partitions(bootstrap, [topic], timeout=timeout)]
+
+
+async def describe_partitions(
+    bootstrap: str, topics: Iterable[str], *, timeout: float = DEFAULT_TIMEOUT_SEC
+) -> list[Partition]:
+    """Every partition of `topics`: leader, replicas and in-sync replicas, sorted by topic and number."""
+    return await _in_loop(timeout, _aio_describe_partitions, bootstrap, list(topics), timeout)
 
 
 async def wait_until_committed(
@@ -309,3 +347,8 @@ async def wait_until_committed(
             if ends and all(committed.get(p, (-1, ""))[0] == end for p, end in ends.items() if end > 0):
                 return committed
             await trio.sleep(0.2)
+
+
+async def group_coordinator(bootstrap: str, group_id: str, *, timeout: float = DEFAULT_TIMEOUT_SEC) -> int:
+    """The node id of the broker coordinating `group_id` (the leader of its __consumer_offsets partition)."""
+    return await _in_loop(timeout, _aio_group_coordinator, bootstrap, group_id, timeout)

@@ -6,9 +6,15 @@ Which broker `kafka_bootstrap` gives, in order:
 - otherwise: a single-node Apache Kafka broker from testing/kafka/broker.py, one per session.
 
 Tests that stop, kill or restart the broker take `kafka_broker`; it is skipped against an external
-broker, and the broker is running again after each test that uses it. Tests talking to a broker run
-on the real clock (docs/design.md#mock-clock-real-io); give them fresh topic names from
-`kafka_topic_prefix`/`kafka_unique_name`.
+broker, and the broker is running again after each test that uses it.
+
+`kafka_cluster` is a 3-node Apache Kafka cluster (testing/kafka/cluster.py: KRaft, replication factor 3,
+min.insync.replicas 2), started once per session on first use, whatever EDGE_TEST_KAFKA says; every
+node is running again after each test. Mark its tests `cluster`: they run last, together, so the
+cluster lives only while they run (`-m "not cluster"` leaves them out, `-m cluster` runs only them).
+
+Tests talking to a broker run on the real clock (docs/design.md#mock-clock-real-io); give them fresh
+topic names from `kafka_topic_prefix`/`kafka_unique_name`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from testing.kafka.broker import Broker, KafkaBroker, TansuBroker
+from testing.kafka.cluster import KafkaCluster
 
 ENV_BOOTSTRAP = "EDGE_TEST_KAFKA_BOOTSTRAP"
 ENV_KIND = "EDGE_TEST_KAFKA"
@@ -72,6 +79,34 @@ def kafka_broker(_kafka_session_broker: Broker | None) -> Iterator[Broker]:
     finally:
         if not broker.is_running:
             broker.start()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the `cluster` tests last, together: the session's cluster (three JVMs, ~1 GB) then starts
+    once and lives only while they run."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
+@pytest.fixture(scope="session")
+def _kafka_session_cluster() -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster.create()
+    try:
+        seconds = cluster.start()
+        print(f"\n# kafka_cluster: {len(cluster.nodes)} nodes ready in {seconds:.1f} s ({cluster.bootstrap})")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_session_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
+    """The session's 3-node cluster, to kill()/stop_node()/start_node(); all nodes running after the test."""
+    cluster = _kafka_session_cluster
+    try:
+        yield cluster
+    finally:
+        if len(cluster.running) < len(cluster.nodes):
+            cluster.start()
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ class Collector:
         self.peer_id = peer_id
         self.peer = GrpcioPeer(port, root_certificates=ca_pem)
         self.messages: list[pb.EdgeMessage] = []
+        #: trio.current_time() at which each of `messages` arrived.
+        self.arrived_at: list[float] = []
         self.ended = trio.Event()
         self._arrived = trio.Event()
 
@@ -50,6 +52,7 @@ class Collector:
                     return
                 if message.WhichOneof("payload") != "heartbeat":
                     self.messages.append(message)
+                    self.arrived_at.append(trio.current_time())
                     self._arrived.set()
                     self._arrived = trio.Event()
         finally:

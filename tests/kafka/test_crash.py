@@ -32,6 +32,7 @@ def edge_env(edge_id: str, bootstrap: str, tls_files, idempotence: bool) -> dict
         "KAFKA_ENABLE_IDEMPOTENCE": "true" if idempotence else "false",
         "KAFKA_SESSION_TIMEOUT_SEC": "6",
         "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{edge_id}-lifecycle",
+        "KAFKA_PEER_PRESENCE_TOPIC": f"{edge_id}-presence",
         "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{edge_id}-catalog",
         "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
         "GRPC_CERT_PATH": str(tls_files.cert_path),

@@ -112,7 +112,7 @@ async def test_without_the_handler_one_failed_future_tears_the_loop_down():
 async def test_shutdown_with_kafka_unreachable_logs_what_it_could_not_flush(tls_files):
     """No broker at all: the edge starts within the start-up check's deadline, serves a peer, is not
     ready, and on shutdown gives up flushing after SHUTDOWN_TIMEOUT_SEC, logging how many events it
-    could not produce (connected, catalog, disconnected)."""
+    could not produce (connected, catalog, disconnected, and the presence twins of the two)."""
     settings = edge_settings(
         "unflushed", f"127.0.0.1:{free_port()}", tls_files, True, shutdown_timeout_sec=1.0, kafka_request_timeout_sec=2.0
     )
@@ -126,5 +126,5 @@ async def test_shutdown_with_kafka_unreachable_logs_what_it_could_not_flush(tls_
             nursery.cancel_scope.cancel()
         peer.close()
     [unflushed] = [e for e in logs if e["event"] == "kafka_events_unflushed"]
-    assert unflushed["count"] == 3 and unflushed["deadline_sec"] == 1.0
+    assert unflushed["count"] == 5 and unflushed["deadline_sec"] == 1.0
     assert any(e["event"] == "kafka_unavailable_at_start" for e in logs)

@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio_asyncio
 
-from edge.kafka.topics import TopicsMissing, ensure_topics, missing_topics, required_topics
-from testing.kafka.client import create_topics, topic_partitions
+from edge.kafka.topics import TopicsMissing, ensure_topics, missing_topics, replication_factor, required_topics
+from testing.kafka.client import create_topics, describe_partitions, topic_partitions
 from testing.process import EdgeProcess
 from testing.settings import edge_settings
 
@@ -18,7 +18,7 @@ def test_required_topics_cover_everything_the_edge_reads_and_writes(tls_files):
     settings = edge_settings("e7", "k:9092", tls_files, True)
     names = required_topics(settings)
     assert names[0] == "edge-commands-e7" and "edge-commands-e7.deadletter" in names
-    assert set(settings.produced_topics()) <= set(names) and len(names) == len(set(names)) == 8
+    assert set(settings.produced_topics()) <= set(names) and len(names) == len(set(names)) == 9
     assert missing_topics(["edge-commands-e7", "other"], ["edge-commands-e7", "e7-lifecycle"]) == ["e7-lifecycle"]
 
 
@@ -70,3 +70,22 @@ async def test_missing_topics_without_creation_stop_the_edge_with_exit_code_2(
 def test_topics_missing_is_a_config_error():
     error = TopicsMissing(["b", "a"])
     assert error.variable == "KAFKA_CREATE_TOPICS" and error.missing == ["a", "b"]
+
+
+def test_replication_factor_auto_is_min_of_three_and_the_brokers():
+    assert [replication_factor(0, brokers) for brokers in (0, 1, 2, 3, 5)] == [1, 1, 2, 3, 3]
+    assert replication_factor(2, 5) == 2 and replication_factor(4, 1) == 4  # a number is taken as it is
+
+
+@pytest.mark.kafka
+async def test_auto_replication_on_one_broker_creates_topics_with_one_replica(
+    kafka_bootstrap, kafka_supports_idempotence, kafka_topic_prefix, tls_files
+):
+    """KAFKA_TOPIC_REPLICATION_FACTOR=auto on a single broker: one replica (3 on the 3-node cluster,
+    tests/test_kafka_cluster.py)."""
+    settings = edge_settings(
+        kafka_topic_prefix, kafka_bootstrap, tls_files, kafka_supports_idempotence, kafka_topic_replication_factor=0
+    )
+    async with trio_asyncio.open_loop():
+        created = await ensure_topics(settings, timeout=30)
+    assert {len(p.replicas) for p in await describe_partitions(kafka_bootstrap, created)} == {1}

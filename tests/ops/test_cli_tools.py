@@ -69,3 +69,29 @@ def test_peer_sim_refuses_an_unusable_token_secret(tmp_path):
     result = run_edge("peer-sim", "--token-secret", str(short), "--peers", "1")
     assert result.returncode == 2
     assert result.stderr.strip() == f"peer-sim: signing key {short}: every secret must be at least 32 bytes"
+
+
+def test_peer_sim_spreads_over_several_edges_and_child_processes():
+    """`--edge` twice (one a comma list) and two child processes: the children get every address and
+    the reconnect settings, and the merged summary names the targets."""
+    dead = []
+    for _ in range(3):
+        with socket.socket() as placeholder:
+            placeholder.bind(("127.0.0.1", 0))
+            dead.append(f"127.0.0.1:{placeholder.getsockname()[1]}")
+    result = run_edge(
+        "peer-sim", "--no-tls", "--no-token", "--edge", f"{dead[0]},{dead[1]}", "--edge", dead[2], "--peers", "4",
+        "--processes", "2", "--no-reconnect", "--reconnect-initial", "0.1", "--reconnect-max", "1",
+        "--progress-interval", "0",
+    )
+    assert result.returncode == 1
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["target"] == ",".join(dead) and summary["processes"] == 2
+    assert summary["connect_failures"] == 4 and summary["peers_ever_registered"] == 0
+
+
+def test_peer_sim_refuses_a_bad_edge_address_or_reconnect_cap():
+    result = run_edge("peer-sim", "--edge", "127.0.0.1:1,nowhere", "--no-token")
+    assert result.returncode == 2 and result.stderr.strip() == "peer-sim: --edge must be host:port, got 'nowhere'"
+    result = run_edge("peer-sim", "--reconnect-initial", "5", "--reconnect-max", "1", "--no-token")
+    assert result.returncode == 2 and "--reconnect-max must be at least --reconnect-initial" in result.stderr

@@ -52,7 +52,8 @@ async def test_stalled_kafka_bounds_the_drain_by_one_phase_deadline(autojump_clo
     """Kafka takes nothing and the event buffer is full: every session's `disconnected` waits, each
     under its own SHUTDOWN_TIMEOUT_SEC, concurrently; the drain ends after one deadline, not one per
     peer, and every lost event is logged with its peer."""
-    settings = settings_for_tests(shutdown_timeout_sec=10.0, kafka_event_buffer_size=2 * PEERS)
+    # Room for what registering puts on the channel: connected, its presence twin and the catalog.
+    settings = settings_for_tests(shutdown_timeout_sec=10.0, kafka_event_buffer_size=3 * PEERS)
     bridge = MemoryBridge(stalled=True)
     with capture_logs() as logs:
         async with running_edge(settings, bridge=bridge) as edge, trio.open_nursery() as nursery:

@@ -42,6 +42,7 @@ async def test_metrics_move_with_traffic(kafka_bootstrap, kafka_supports_idempot
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_enable_idempotence=kafka_supports_idempotence,
         kafka_peer_lifecycle_events_topic=lifecycle,
+        kafka_peer_presence_topic=f"{lifecycle}-presence",
         kafka_peer_catalog_updates_topic=catalog,
         kafka_group_id=kafka_topic_prefix,
         retry_max_retries=0,

@@ -16,7 +16,8 @@ from edge.ops.runtime import EdgeRuntime
 from edge.proto import ops as ops_pb
 from edge.proto import pb
 from edge.kafka.tools import TailRecord
-from edge.tools.peer_sim import answers_for, latency_percentiles, merge_snapshots, tiny_png
+from edge.tools.peer_sim import answers_for, tiny_png
+from edge.tools.sim_report import latency_percentiles, merge_snapshots
 from edge.tools.send_command import CommandError, build_command
 from edge.tools.tail import failure_lines, format_record, leaves, record_json, resolve_topics
 from edge.config import load_settings

@@ -33,6 +33,7 @@ def edge_env(edge_id, bootstrap, tls_files, idempotence, **extra):
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_ENABLE_IDEMPOTENCE": "true" if idempotence else "false",
         "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{edge_id}-lifecycle",
+        "KAFKA_PEER_PRESENCE_TOPIC": f"{edge_id}-presence",
         "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{edge_id}-catalog",
         "KAFKA_GROUP_ID": f"{edge_id}-group",
         "PEER_AUTH_MODE": "none",

@@ -27,6 +27,7 @@ def tool_env(edge_id: str, bootstrap: str, idempotence: bool) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_ENABLE_IDEMPOTENCE": "true" if idempotence else "false",
         "KAFKA_PEER_LIFECYCLE_EVENTS_TOPIC": f"{edge_id}-lifecycle",
+        "KAFKA_PEER_PRESENCE_TOPIC": f"{edge_id}-presence",
         "KAFKA_PEER_CATALOG_UPDATES_TOPIC": f"{edge_id}-catalog",
         "KAFKA_FILE_DELETE_RESPONSES_TOPIC": f"{edge_id}-delete",
         "KAFKA_FILE_HASH_RESPONSES_TOPIC": f"{edge_id}-hash",

@@ -186,7 +186,9 @@ class MemoryEdge:
     def __init__(self, settings: Settings, clients: trio.Nursery, event_buffer: int) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics.create(settings.edge_id)
-        self.registry = PeerRegistry(max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec)
+        self.registry = PeerRegistry(
+            max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec, now=fixed_now
+        )
         self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
         self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
         self.timers = Timers()
@@ -201,8 +203,10 @@ class MemoryEdge:
         )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
-        self.bridge = MemoryBridge()  # takes the records; the test reads them from `published`
+        # Takes the records; the test reads them from `published` (presence twins from `presence`).
+        self.bridge = MemoryBridge(presence_topic=settings.kafka_peer_presence_topic)
         self.published = self.bridge.published
+        self.presence = self.bridge.presence
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
         self.drained = trio.Event()

@@ -83,7 +83,7 @@ class SlowBridge:
 
 async def play(actions: list[tuple[Any, ...]]) -> tuple[MemoryEdge, list[TestPeer]]:
     opened: list[TestPeer] = []
-    async with memory_edge(SETTINGS, drain=False, event_buffer=2) as edge:
+    async with memory_edge(SETTINGS, drain=False, event_buffer=3) as edge:  # connected, its presence twin, the catalog
         bridge = SlowBridge(edge)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(bridge.run)

@@ -480,10 +480,10 @@ async def test_an_ending_while_kafka_is_away_is_published_when_it_is_back(autoju
     a session that ends meanwhile gets its status at once, its `disconnected` waits and comes out
     when the channel moves, never lost. A takeover of that id meanwhile is told to come back
     (UNAVAILABLE after SHUTDOWN_TIMEOUT_SEC), and succeeds once the old ending is queued."""
-    async with memory_edge(SETTINGS, drain=False, event_buffer=2) as edge:
+    async with memory_edge(SETTINGS, drain=False, event_buffer=3) as edge:
         peer = await edge.connect()
         await peer.register("patient")
-        await settle()  # connected and catalog fill the channel
+        await settle()  # connected, its presence twin and the catalog fill the channel
         ended_at = trio.current_time()
         await peer.send(b"\xff\xfe not protobuf")
         assert await peer.wait_status() == (StatusCode.INVALID_ARGUMENT, "message is not a valid PeerMessage")
