@@ -10,6 +10,7 @@ stream instead of sending trailers after half a message.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import h2.exceptions
@@ -77,6 +78,7 @@ class ServerStream:
         self._output_event = trio.Event()
         self._terminated_event = trio.Event()
         self._termination: StreamReset | None = None
+        self._on_terminated: list[Callable[[], None]] = []
         self._send_lock = trio.Lock()
         self._response_started = False
         self._message_cut_off = False  # a message's DATA was cut off by cancellation: trailers would corrupt
@@ -155,6 +157,15 @@ class ServerStream:
         assert self._termination is not None
         return self._termination.clone()
 
+    def on_terminated(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` the moment the client resets the stream or the connection is lost (at once
+        if it already is): like `wait_terminated`, for handlers that keep no task waiting for it. Runs
+        synchronously in the connection's reader task: it must be quick and must not raise."""
+        if self._termination is not None:
+            callback()
+        else:
+            self._on_terminated.append(callback)
+
     def open_window(self) -> None:
         """Let the client send at full speed on this stream (for a stream on the server's `held_paths`,
         which until then may hold no more than the initial window). Call once the client proved who
@@ -221,6 +232,9 @@ class ServerStream:
         self.wake_inbound()
         self.wake_output()
         self._scope.deadline = min(self._scope.deadline, cancel_handler_at)
+        callbacks, self._on_terminated = self._on_terminated, []
+        for callback in callbacks:
+            callback()
 
     def wake_inbound(self) -> None:
         """Something arrived for `receive_message` (a message, the end, or an error)."""
@@ -235,6 +249,7 @@ class ServerStream:
     def mark_finished(self) -> None:
         """The handler returned and the final status is queued: the stream cannot be used any more."""
         self._finished = True
+        self._on_terminated = []
         self.wake_inbound()
         self.wake_output()
 

@@ -50,6 +50,7 @@ from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
 from edge.peers.session import Session
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
+from edge.timers import Timers
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,9 @@ class PeerStreamHandler:
     #: Identity check of the claimed peer id (edge.peers.admission); None: no check.
     admission: Admission | None = None
     metrics: EdgeMetrics = attrs.field(kw_only=True)
+    #: The edge's timers (`serve_timers`): handshake deadlines, and each session's heartbeat and
+    #: silence check.
+    timers: Timers = attrs.field(kw_only=True)
 
     async def __call__(self, stream: ServerStream) -> Status | None:
         structlog.contextvars.bind_contextvars(remote_address=_address(stream))
@@ -107,7 +111,9 @@ class PeerStreamHandler:
         timeout = self.settings.peer_handshake_timeout_sec
         unreadable: StreamError | None = None
         data: bytes | None = None
-        with trio.move_on_after(timeout) as handshake:
+        # A scope without a deadline, cancelled by the edge's timers (no task or deadline of its own).
+        with trio.CancelScope() as handshake:
+            timer = self.timers.schedule(trio.current_time() + timeout, lambda _: handshake.cancel())
             try:
                 data = await stream.receive_message()
             except (MessageTooLarge, ProtocolViolation) as error:
@@ -115,6 +121,8 @@ class PeerStreamHandler:
             except StreamError:
                 log.debug("peer_gone_before_registration")
                 return None
+            finally:
+                timer.cancel()
         if handshake.cancelled_caught:
             self.metrics.registrations_refused.labels(cause="handshake_timeout").inc()
             message = f"no registration within {timeout:g} s"
@@ -162,6 +170,7 @@ class PeerStreamHandler:
             now=self.now,
             greeting=protocol.registration_accepted(registration, info, self.settings),
             metrics=self.metrics,
+            timers=self.timers,
         )
 
     async def _announce(self, session: Session) -> None:

@@ -3,10 +3,12 @@
 Task tree (each line owns the ones below it; cancelling one ends those below first):
 
     serve_peers                owns the event channel's send end and the peer registry
+      serve_timers             the edge's timers: handshake deadlines, heartbeats, silence checks
       serve_endings            queues each ended session's last records and `disconnected`
       serve_grpc               accept loop, one task per connection, one per stream
         PeerStreamHandler      one per Connect stream: handshake -> Session.serve -> cleanup
-          Session tasks        reader, writer, heartbeat, watcher, in the session's own cancel scope
+          Session tasks        reader and writer, in the session's own cancel scope (its heartbeat and
+                               silence check are timers on `serve_timers`)
 
 When `serve_peers` is cancelled, every session ends with reason `shutdown` and hands its
 `disconnected` event to `serve_endings`; once the gRPC server has returned, the handover channel is
@@ -36,6 +38,7 @@ from edge.peers.limits import message_meter_factory
 from edge.peers.registry import PeerRegistry
 from edge.proto import CONNECT_PATH
 from edge.records import OutboundRecord
+from edge.timers import Timers, serve_timers
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +100,7 @@ async def serve_peers(
     config = config if config is not None else grpc_config(settings)
     admission = admission if admission is not None else load_admission(settings, now)
     endings_send, endings_receive = trio.open_memory_channel[Ending](settings.max_peers)
+    timers = Timers()
     handler = PeerStreamHandler(
         settings=settings,
         registry=registry,
@@ -105,6 +109,7 @@ async def serve_peers(
         endings=endings_send,
         admission=admission,
         metrics=runtime.metrics,
+        timers=timers,
     )
     # Connect goes through admission (throttle, unregistered-stream cap); gRPC health and reflection
     # do not (load balancers probe them), and bound their own streams.
@@ -112,6 +117,7 @@ async def serve_peers(
     stats = stats if stats is not None else runtime.grpc_stats
     async with events:
         async with trio.open_nursery() as nursery:
+            await nursery.start(serve_timers, timers)
             await nursery.start(
                 partial(serve_endings, metrics=runtime.metrics), endings_receive, events, settings.shutdown_timeout_sec
             )

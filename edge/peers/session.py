@@ -1,16 +1,27 @@
-"""One registered peer: its cancel scope, its outbound channel, and the tasks that serve it.
+"""One registered peer: its cancel scope, its outbound channel, its two tasks and its two timers.
 
 A `Session` is created by the registry once the peer has registered; its writer sends the
-registration response (`greeting`) before anything from its outbound channel. `serve(stream, registration)` runs, inside the session's own
-cancel scope:
+registration response (`greeting`) before anything from its outbound channel. `serve(stream,
+registration)` runs, inside the session's own cancel scope, two tasks:
 
-* the reader (the nursery body): publishes the full catalog, then reads the peer's
-  messages, each under a fresh PEER_TIMEOUT_SEC deadline (any message counts as liveness), and puts
+* the reader (the nursery body): publishes the full catalog, then reads the peer's messages and puts
   what they mean into the event channel; it waits while the channel is full (backpressure);
 * the writer: outbound channel -> peer stream;
-* the heartbeat: offers an EdgeMessage heartbeat every HEARTBEAT_INTERVAL_SEC from the session's start;
-* the watcher: ends the session the moment the stream is reset or its connection lost, even while the
-  reader is held up by backpressure.
+
+and schedules two timers on the edge's `Timers` (edge/timers.py, one task per edge), cancelled when
+the session's tasks are done:
+
+* the heartbeat: offers an EdgeMessage heartbeat every HEARTBEAT_INTERVAL_SEC from the session's start
+  (skipped when the outbound channel is full);
+* the silence check: the reader stamps the time it starts waiting for each message (any message counts
+  as liveness; the time it spends waiting on a full event channel does not count as the peer's
+  silence). The timer fires PEER_TIMEOUT_SEC after a stamp; if the reader has stamped since, it
+  re-arms for that stamp + PEER_TIMEOUT_SEC, else the session ends with reason `timeout`. So no cancel
+  scope and no heap operation per message, and the ending is still at exactly the deadline.
+
+The transport calls back the moment the stream is reset or its connection lost
+(`ServerStream.on_terminated`), which ends the session even while the reader is held up by
+backpressure; no task waits for it.
 
 Whatever ends the session calls `end(reason)`, which records the first reason and cancels the scope;
 `serve` then returns the gRPC status for that reason. A scope cancelled without a reason counts as
@@ -54,6 +65,7 @@ from edge.peers import protocol
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.proto import pb
 from edge.records import DisconnectReason, OutboundRecord
+from edge.timers import Timer, Timers
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +76,8 @@ class Session:
     settings: Settings
     events: trio.MemorySendChannel[OutboundRecord]
     now: Callable[[], datetime.datetime]
+    #: The edge's timers (served by `serve_timers`): this session's heartbeat and silence check.
+    timers: Timers
     #: Written before anything from the outbound channel (the registration response).
     greeting: pb.EdgeMessage | None = None
     metrics: EdgeMetrics = attrs.field(kw_only=True)
@@ -80,6 +94,11 @@ class Session:
     _outbound_receive: trio.MemoryReceiveChannel[Delivery] = attrs.field(init=False)
     _in_flight: Delivery | None = attrs.field(default=None, init=False)
     _unpublished: list[OutboundRecord] = attrs.field(factory=list, init=False)
+    #: Trio time the reader started waiting for the peer's next message; None while it is not waiting.
+    _listening_since: float | None = attrs.field(default=None, init=False)
+    _heartbeat: Timer | None = attrs.field(default=None, init=False)
+    _silence: Timer | None = attrs.field(default=None, init=False)
+    _context: dict[str, object] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._outbound_send, self._outbound_receive = trio.open_memory_channel[Delivery](
@@ -116,18 +135,25 @@ class Session:
         """Publish the registration's full catalog, then serve the peer until something ends the
         session; return the status to close the stream with. Cancelled from outside (shutdown), it
         raises Cancelled as usual."""
+        self._context = {
+            "peer_id": self.info.peer_id,
+            "session_id": self.info.session_id,
+            **structlog.contextvars.get_contextvars(),
+        }
+        stream.on_terminated(self._stream_gone)
+        self._heartbeat = self.timers.schedule(trio.current_time() + self.settings.heartbeat_interval_sec, self._beat)
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, stream)
-                    nursery.start_soon(self._heartbeat_loop)
-                    nursery.start_soon(self._watch, stream)
                     catalog = protocol.full_catalog_records(registration, self.info, self.settings, self.now())
                     await self._publish(catalog)
                     await self._read_loop(stream)
         except* Exception:  # the one boundary for bugs in this session's tasks
             log.exception("peer_session_failed")
             self.end(DisconnectReason.ERROR, StatusCode.INTERNAL, "internal error")
+        finally:
+            self._stop_timers()
         if self.end_reason is None:  # the scope was cancelled directly, without a reason
             self.end(DisconnectReason.SHUTDOWN)
         return self._status
@@ -164,22 +190,19 @@ class Session:
             del self._unpublished[0]
 
     async def _read_loop(self, stream: ServerStream) -> None:
-        timeout = self.settings.peer_timeout_sec
         while True:
-            with trio.move_on_after(timeout) as idle:
-                try:
-                    data = await stream.receive_message()
-                except (MessageTooLarge, ProtocolViolation) as error:
-                    log.info("peer_protocol_error", detail=str(error))
-                    self.end(DisconnectReason.PROTOCOL_ERROR, error.status_code, error.client_message())
-                    return
-                except StreamError:
-                    self.end(DisconnectReason.STREAM_CLOSED)
-                    return
-            if idle.cancelled_caught:
-                log.info("peer_timed_out", timeout_sec=timeout)
-                self.end(DisconnectReason.TIMEOUT, message=f"no message from the peer in {timeout} s")
+            self._listen()
+            try:
+                data = await stream.receive_message()
+            except (MessageTooLarge, ProtocolViolation) as error:
+                log.info("peer_protocol_error", detail=str(error))
+                self.end(DisconnectReason.PROTOCOL_ERROR, error.status_code, error.client_message())
                 return
+            except StreamError:
+                self.end(DisconnectReason.STREAM_CLOSED)
+                return
+            finally:
+                self._listening_since = None  # heard from (or gone): not silent while handling it
             if data is None:  # the peer half-closed its side
                 self.end(DisconnectReason.STREAM_CLOSED, StatusCode.OK, "stream closed by peer")
                 return
@@ -223,21 +246,60 @@ class Session:
             self._in_flight = None
             self.metrics.message_sent(delivery.message.WhichOneof("payload"))
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_interval_sec
-        next_beat = trio.current_time()
-        while True:
-            next_beat += interval
-            await trio.sleep_until(next_beat)
-            try:
-                self.offer(Delivery(protocol.heartbeat(self.now())))
-            except trio.WouldBlock:
-                # The peer is not reading; if it is also silent its own timeout ends it. Skip this beat.
-                log.debug("heartbeat_skipped_queue_full")
+    # --- timers and callbacks (run in the timers task or the transport's reader: quick, never wait) ---
 
-    async def _watch(self, stream: ServerStream) -> None:
-        await stream.wait_terminated()
+    def _listen(self) -> None:
+        """The reader starts waiting: the peer is silent from now on until its next message."""
+        now = self._listening_since = trio.current_time()
+        if self._silence is None and self.end_reason is None:
+            self._silence = self.timers.schedule(now + self.settings.peer_timeout_sec, self._check_silence)
+
+    def _check_silence(self, deadline: float) -> float | None:
+        try:
+            since = self._listening_since
+            if since is None:
+                # Handling a message (perhaps waiting on a full event channel): not silence. The reader
+                # arms a new check when it waits again.
+                self._silence = None
+                return None
+            timeout = self.settings.peer_timeout_sec
+            if since + timeout > deadline:
+                return since + timeout  # heard from since this check was armed
+            self._silence = None
+            log.info("peer_timed_out", timeout_sec=timeout, **self._log_context())
+            self.end(DisconnectReason.TIMEOUT, message=f"no message from the peer in {timeout} s")
+        except Exception:  # a bug in this session's timer ends this session only
+            log.exception("peer_session_failed", **self._log_context())
+            self.end(DisconnectReason.ERROR, StatusCode.INTERNAL, "internal error")
+        return None
+
+    def _beat(self, deadline: float) -> float | None:
+        try:
+            self.offer(Delivery(protocol.heartbeat(self.now())))
+        except trio.WouldBlock:
+            # The peer is not reading; if it is also silent its own timeout ends it. Skip this beat.
+            log.debug("heartbeat_skipped_queue_full", **self._log_context())
+        except SessionGone:
+            return None
+        except Exception:  # a bug in this session's timer ends this session only
+            log.exception("peer_session_failed", **self._log_context())
+            self.end(DisconnectReason.ERROR, StatusCode.INTERNAL, "internal error")
+            return None
+        return deadline + self.settings.heartbeat_interval_sec
+
+    def _stream_gone(self) -> None:
         self.end(DisconnectReason.STREAM_CLOSED)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._heartbeat, self._silence):
+            if timer is not None:
+                timer.cancel()
+        self._heartbeat = self._silence = None
+
+    def _log_context(self) -> dict[str, object]:
+        # Timer callbacks run in the timers task, outside the peer's structlog context: the one the
+        # handler bound (remote_address), kept when the session started, and who the session is.
+        return self._context
 
 
 def _default_message(reason: DisconnectReason) -> str:

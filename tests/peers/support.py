@@ -33,6 +33,7 @@ from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
 from edge.proto import CONNECT_PATH, pb
 from edge.records import OutboundRecord
+from edge.timers import Timers, serve_timers
 from testing.harness import MemoryBridge, Published
 from tests.grpc.support import RawH2Client, grpc_frame
 
@@ -190,6 +191,7 @@ class MemoryEdge:
         )
         self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
         self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
+        self.timers = Timers()
         self.handler = PeerStreamHandler(
             settings=settings,
             registry=self.registry,
@@ -197,6 +199,7 @@ class MemoryEdge:
             now=fixed_now,
             endings=self._endings,
             metrics=self.metrics,
+            timers=self.timers,
         )
         self.config: GrpcServerConfig = grpc_config(settings)
         self.stats = GrpcServerStats()
@@ -217,6 +220,7 @@ class MemoryEdge:
             async with self.events:
                 with self.scope:
                     async with trio.open_nursery() as nursery:
+                        await nursery.start(serve_timers, self.timers)
                         await nursery.start(
                             partial(serve_endings, metrics=self.metrics),
                             self._endings_out,
