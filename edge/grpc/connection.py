@@ -6,7 +6,6 @@ Task tree (nesting order is shutdown order):
       ServerConnection._run   owns the connection's nursery; its body is the reader
         _reader_loop            socket -> GrpcServerProtocol -> wake streams / start stream tasks
         _writer_loop            GrpcServerProtocol -> socket, one chunk at a time under the send lock
-        _close_when_idle        stops the reader once no stream has been open for `idle_timeout`
         StreamTasks._run        one per stream, see `stream_tasks.py`
       ServerConnection._close GOAWAY, flush, close; shielded, under a deadline (over TCP the close
                               first waits for the client's EOF: `sockets.LingeringSocketStream`)
@@ -20,7 +19,9 @@ Endings:
   stream is terminated (ConnectionLost) and the socket is closed at once, while the handlers finish on
   their own or are cancelled after `shutdown_grace`.
 * a write fails or stalls for `write_stall_timeout`: the writer cancels the reader; as above.
-* no stream open for `idle_timeout`: the idle watch cancels the reader; GOAWAY (NO_ERROR) and close.
+* no stream open for `idle_timeout`: the reader's wait for bytes has that deadline (moved by
+  `idle_changed` whenever the first stream starts or the last one ends, so no task of its own);
+  GOAWAY (NO_ERROR) and close.
 * every stream over its message rate: the reader stops reading at once, lets the handlers send their
   statuses (within `shutdown_grace`), then as above.
 * cancelled (server shutdown): the same cancellation reaches the handlers, each of which queues
@@ -133,8 +134,8 @@ class ServerConnection:
         self._transport_broken = False
         self._closed = False
         self._failure_reason: str | None = None
-        self._idle_closed = False
-        self._idle_scope = trio.CancelScope()
+        self._preface_deadline = math.inf  # set when reading starts; math.inf once the preface is in
+        self._read_scope: trio.CancelScope | None = None  # the reader's wait for bytes, while it waits
         self._drain_waiting = False
         self._buffered_reported = 0
         address = f"{remote_address[0]}:{remote_address[1]}" if remote_address else None
@@ -208,14 +209,11 @@ class ServerConnection:
                 peer_certificate=self.peer_certificate,
             )
             nursery.start_soon(self._writer_loop)
-            nursery.start_soon(self._close_when_idle, streams)
             ending: tuple[str, bool] | None = None
             try:
                 with self._reader_scope:
                     ending = await self._reader_loop(streams)
-                if ending is None and self._idle_closed:
-                    ending = ("idle", True)
-                elif ending is None:  # the writer stopped the reader
+                if ending is None:  # the writer stopped the reader
                     ending = (self._failure_reason or "transport failed", False)
             finally:
                 if ending is None:
@@ -240,7 +238,6 @@ class ServerConnection:
         (self._log.debug if normal else self._log.info)("grpc_connection_ended", reason=reason, streams=len(streams))
         streams.terminate_all(reason)
         self._writer_scope.cancel()
-        self._idle_scope.cancel()
 
     async def _close(self) -> None:
         """GOAWAY (unless the connection already failed), flush, close. Shielded, under a deadline.
@@ -269,24 +266,27 @@ class ServerConnection:
         self._closed = True
         await trio.aclose_forcefully(self._transport)
 
-    async def _close_when_idle(self, streams: StreamTasks) -> None:
-        """Once no stream has been open for `idle_timeout`, stop the reader: `_run` says GOAWAY, closes."""
-        with self._idle_scope:
-            await streams.wait_idle(self._config.idle_timeout)
-        if self._idle_scope.cancelled_caught:
-            return
-        self._idle_closed = True
-        self._stats.refusals.count(IDLE_TIMEOUT)
-        self._reader_scope.cancel()
+    def idle_changed(self) -> None:
+        """A first stream started or the last one ended: move the reader's wait deadline."""
+        if self._read_scope is not None:
+            self._read_scope.deadline = self._read_deadline()
+
+    def _read_deadline(self) -> float:
+        """Until the preface is in: the handshake deadline. Then: `idle_timeout` after the last stream
+        ended, or none while a stream is open."""
+        if self._preface_deadline != math.inf:
+            return self._preface_deadline
+        idle_since = self._streams.idle_since if self._streams is not None else None
+        return math.inf if idle_since is None else idle_since + self._config.idle_timeout
 
     # ---- reading
 
     async def _reader_loop(self, streams: StreamTasks) -> tuple[str, bool]:
         """Read until the connection ends; return why, and whether that is an everyday ending."""
-        preface_deadline = trio.current_time() + self._config.tls_handshake_timeout
-        preface_done = False
+        self._preface_deadline = trio.current_time() + self._config.tls_handshake_timeout
         while True:
-            with trio.move_on_at(math.inf if preface_done else preface_deadline) as scope:
+            with trio.CancelScope(deadline=self._read_deadline()) as scope:
+                self._read_scope = scope
                 try:
                     data = await self._transport.receive_some(RECEIVE_CHUNK)
                 except trio.BrokenResourceError as exc:
@@ -294,8 +294,13 @@ class ServerConnection:
                     return f"reset ({exc.__cause__ or exc})", True
                 except trio.ClosedResourceError:
                     return "closed", True
+                finally:
+                    self._read_scope = None
             if scope.cancelled_caught:
-                return "preface timeout", False
+                if self._preface_deadline != math.inf:
+                    return "preface timeout", False
+                self._stats.refusals.count(IDLE_TIMEOUT)
+                return "idle", True
             if not data:
                 return "closed by client", True
             try:
@@ -313,7 +318,7 @@ class ServerConnection:
             went_away = False
             for event in events:
                 if isinstance(event, PeerSettingsReceived):
-                    preface_done = True
+                    self._preface_deadline = math.inf
                 went_away = self._dispatch(event, streams) or went_away
             self._report_buffered()
             self.wake_writer()

@@ -54,6 +54,9 @@ class StreamsHost(StreamHost, Protocol):
     def report_buffered(self) -> None:
         """Inbound bytes held for handlers may have changed: update the stats."""
 
+    def idle_changed(self) -> None:
+        """`StreamTasks.idle_since` changed (a first stream started, or the last one ended)."""
+
 
 class StreamTasks:
     """The streams of one connection, keyed by stream id, each with its handler task in `nursery`."""
@@ -117,7 +120,9 @@ class StreamTasks:
             metrics=self._metrics.call_started(request.path, trio.current_time()),
         )
         self._streams[request.stream_id] = stream
-        self.idle_since = None
+        if self.idle_since is not None:
+            self.idle_since = None
+            self._host.idle_changed()
         self._wake_watchers()
         self._stats.streams_started += 1
         self._stats.streams_open += 1
@@ -137,15 +142,6 @@ class StreamTasks:
     def wake_all_senders(self) -> None:
         for stream in self._streams.values():
             stream.wake_output()
-
-    async def wait_idle(self, timeout: float) -> None:
-        """Return once no stream has been open for `timeout` seconds (counted from `idle_since`)."""
-        while True:
-            idle_since = self.idle_since
-            with trio.move_on_at(math.inf if idle_since is None else idle_since + timeout):
-                await self._changed.wait()
-                continue
-            return
 
     def _wake_watchers(self) -> None:
         self._changed.set()
@@ -253,6 +249,7 @@ class StreamTasks:
         stream.mark_finished()
         if not self._streams:
             self.idle_since = trio.current_time()
+            self._host.idle_changed()
         self._wake_watchers()
         self._stats.streams_open -= 1
         self._host.report_buffered()
