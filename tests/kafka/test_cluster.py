@@ -1,6 +1,6 @@
 """The edge on a 3-broker Kafka cluster (`kafka_cluster`: KRaft, replication factor 3, min.insync.replicas 2).
 
-Rules: real clock and real brokers (RISKS 13); every wait is for a condition under a deadline; the
+Rules: real clock and real brokers (docs/design.md#mock-clock-real-io); every wait is for a condition under a deadline; the
 load is paced with short sleeps (it is the test's load, not the edge's timing). Figures (lost and
 duplicated events and commands across a broker SIGKILL, broker restart time) are printed for
 docs/scaling.md, never asserted as timings. Every node is running again after each test.

@@ -1,6 +1,6 @@
 """peer-sim's peers come back: the backoff schedule (pure, with an injected random source), the edge
 choice, and in-process edges over loopback TCP under MockClock (the edges' timers and the peers'
-backoff take no wall-clock time; an in-memory Kafka bridge per edge, RISKS 13)."""
+backoff take no wall-clock time; an in-memory Kafka bridge per edge, docs/design.md#mock-clock-real-io)."""
 
 from __future__ import annotations
 
