@@ -35,7 +35,7 @@ from bench.compare import compared
 from bench.plots import write_plots
 from bench.kafka import BenchKafka
 from bench.report import Figure, table, write_json
-from bench.runner import Bench, BenchBroker, raise_fd_limit
+from bench.runner import Bench, bench_bootstrap, raise_fd_limit
 from bench.scenarios import SMALL, Params
 from edge.certs import write_dev_certificates
 
@@ -164,18 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     write_dev_certificates(out / "certs")
     info = machine.machine_info()
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        broker = BenchBroker.create()
-        broker.start()
-        bootstrap = broker.bootstrap
-    try:
-        results = trio.run(run, args, params, cpus, out, bootstrap, broker.pid if broker else None)
-    finally:
-        if broker is not None:
-            broker.close()
+    with bench_bootstrap(args.bootstrap) as (bootstrap, broker_pid):
+        results = trio.run(run, args, params, cpus, out, bootstrap, broker_pid)
     figures = [f for name in results for f in results[name]["figures"]]
     document = {
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from bench.runner import BenchBroker, raise_fd_limit
+from bench.runner import bench_bootstrap, raise_fd_limit
 from bench.stats import percentile
 from edge.certs import write_dev_certificates
 from testing.kafka.broker import free_port
@@ -149,18 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"{stamp}-failover"
     out.mkdir(parents=True)
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        broker = BenchBroker.create()
-        broker.start()
-        bootstrap = broker.bootstrap
-    try:
+    with bench_bootstrap(args.bootstrap) as (bootstrap, _pid):
         result = trio.run(run, args, bootstrap, out)
-    finally:
-        if broker is not None:
-            broker.close()
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0

@@ -8,10 +8,11 @@ core for the edge and one for everything else.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import resource
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,22 @@ class BenchBroker(KafkaBroker):
     def _java(self, main_class: str, *args: str) -> list[str]:
         command = super()._java(main_class, *args)
         return [command[0], *BENCH_JVM_OPTIONS, *command[1 + len(JVM_OPTIONS) :]]
+
+
+@contextlib.contextmanager
+def bench_bootstrap(given: str | None) -> Iterator[tuple[str, int | None]]:
+    """The broker a run uses: `given` (host:port), or a BenchBroker started here and closed on exit.
+
+    Yields the bootstrap address and the started broker's pid (None for a given broker)."""
+    if given:
+        yield given, None
+        return
+    broker = BenchBroker.create()
+    broker.start()
+    try:
+        yield broker.bootstrap, broker.pid
+    finally:
+        broker.close()
 
 
 def raise_fd_limit() -> int:
