@@ -102,10 +102,10 @@ class Settings:
     grpc_use_tls: bool = _setting("GRPC_USE_TLS", True, "true or false")
     grpc_cert_path: Path = _setting("GRPC_CERT_PATH", Path("certs/server.crt"), "a path to a PEM certificate")
     grpc_key_path: Path = _setting("GRPC_KEY_PATH", Path("certs/server.key"), "a path to a PEM private key")
-    #: Trio has no worker pool: the command router's bound on command deliveries in progress at once.
-    #: It never limits peers (each peer is a few Trio tasks; MAX_PEERS is the peer limit).
+    #: Trio has no worker pool: the most commands one peer has in flight (offered to its session, not yet
+    #: written); the router pipelines each peer's commands this deep. It caps neither peers nor throughput.
     grpc_max_workers: int = _setting(
-        "GRPC_MAX_WORKERS", 10, "a whole number above 0 (concurrent command deliveries)", rule.positive
+        "GRPC_MAX_WORKERS", 10, "a whole number above 0 (commands in flight per peer)", rule.positive
     )
     #: Largest gRPC message either way, after decompression. A peer's larger message ends its session
     #: (`protocol_error`, RESOURCE_EXHAUSTED); a larger command is not written (the delivery fails).

@@ -321,7 +321,8 @@ class ServerConnection:
                     self._preface_deadline = math.inf
                 went_away = self._dispatch(event, streams) or went_away
             self._report_buffered()
-            self.wake_writer()
+            if self.protocol.pending_outbound_bytes:
+                self.wake_writer()  # h2's answers to this input (ACKs, WINDOW_UPDATEs); else no wake-up
             if went_away:
                 return "client sent GOAWAY", True
             if self.protocol.every_stream_over_its_rate:
@@ -366,11 +367,18 @@ class ServerConnection:
             while True:
                 # Taking bytes and writing them is one step under the send lock, so `_close` (which
                 # takes the lock for the final flush) never overtakes bytes the writer already took.
-                async with self._send_lock:
+                await trio.lowlevel.checkpoint_if_cancelled()  # _send is shielded: be cancellable here
+                try:
+                    self._send_lock.acquire_nowait()  # the usual case: no schedule point for an idle lock
+                except trio.WouldBlock:
+                    await self._send_lock.acquire()
+                try:
                     data = self.protocol.data_to_send(WRITE_CHUNK)
                     event = self._writer_wakeup
                     if data and not await self._send(data):
                         return
+                finally:
+                    self._send_lock.release()
                 if not data:
                     self._wake_drain_waiters()
                     await event.wait()

@@ -279,7 +279,10 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
     def every_stream_over_its_rate(self) -> bool:
         """True when the connection has streams and every one was cut off by its message meter: nothing
         more the client sends can be used, so the shell stops reading it."""
-        return bool(self._inbound) and all(st.cutoff is not None for st in self._inbound.values())
+        for st in self._inbound.values():  # (asked after every read: a loop, not a generator)
+            if st.cutoff is None:
+                return False
+        return bool(self._inbound)
 
     def _account(self, st: InboundStream, before: int) -> None:
         st.charge()

@@ -10,7 +10,7 @@ stream instead of sending trailers after half a message.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import h2.exceptions
@@ -116,35 +116,54 @@ class ServerStream:
         while the client's flow-control window is closed. Raises MessageTooLarge for a message over
         max_message_bytes, StreamReset/ConnectionLost once the stream or its connection is gone.
         """
+        await self.send_messages([data])
+
+    async def send_messages(self, messages: Sequence[bytes], sent: Callable[[int], None] | None = None) -> None:
+        """Send several messages back to back, framed into as few HTTP/2 DATA frames (and socket writes)
+        as the flow-control windows allow. `sent(i)` is called once message i is wholly handed to the
+        connection, in order, so a caller interrupted by StreamReset/ConnectionLost knows which were.
+
+        Raises MessageTooLarge, before sending anything, if any message is over max_message_bytes.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = self._host.max_message_bytes
-        if len(data) > limit:
-            raise MessageTooLarge(len(data), limit, "sent")
+        for data in messages:
+            if len(data) > limit:
+                raise MessageTooLarge(len(data), limit, "sent")
         async with self._send_lock:
             self._raise_if_unusable()
             protocol = self._host.protocol
-            wire = memoryview(frame_message(bytes(data)))
+            framed = [frame_message(bytes(data)) for data in messages]
+            ends: list[int] = []
+            for frame in framed:
+                ends.append((ends[-1] if ends else 0) + len(frame))
+            wire = memoryview(framed[0] if len(framed) == 1 else b"".join(framed))
+            done = 0  # messages wholly handed over
             try:
                 if not self._response_started:
                     protocol.start_response(self.stream_id)
                     self._response_started = True
-                sent = 0
-                while sent < len(wire):
+                position = 0
+                while position < len(wire):
                     self._raise_if_unusable()
                     window = protocol.send_window(self.stream_id)
                     if window <= 0:
                         await self._wait_output()
                         continue
-                    chunk = wire[sent : sent + window]
+                    chunk = wire[position : position + window]
                     protocol.send_data(self.stream_id, bytes(chunk))
-                    self._message_cut_off = True
-                    sent += len(chunk)
+                    position += len(chunk)
+                    while done < len(ends) and ends[done] <= position:
+                        self.metrics.sent()
+                        if sent is not None:
+                            sent(done)
+                        done += 1
+                    self._message_cut_off = position != (ends[done - 1] if done else 0)
                     self._host.wake_writer()
                     while self._host.output_blocked():
                         self._raise_if_unusable()
                         await self._wait_output()
                 self._message_cut_off = False
-                self.metrics.sent()
             except h2.exceptions.ProtocolError:
                 # h2 already knows the stream closed; our reader will report why in a moment.
                 raise self._gone() from None

@@ -5,11 +5,15 @@
       commands waiting
 
 What it guarantees:
-- Per-peer order. A peer's commands are offered one at a time, in the order they were read; the next
-  is offered only once the one before was written to the peer's stream or dead-lettered.
+- Per-peer order. A peer's commands are offered in the order they were read, and a command is
+  settled only once it and every command before it was written to the peer's stream or dead-lettered.
+- Pipelining. A line does not wait for one write before offering the next command: an attempt offers
+  the head and the due commands behind it at once, up to GRPC_MAX_WORKERS of them (the session's
+  outbound channel keeps them in order and its writer sends them together), then waits for their
+  writes in order and settles those written. The first not written is where the attempt failed.
 - Isolation. Each peer has its own line and task, so a peer that is away, slow or stuck delays only its
-  own commands. GRPC_MAX_WORKERS bounds the deliveries in progress at once (an offer and the wait for
-  its write), over all peers; waiting out a backoff holds no slot.
+  own commands; no bound is shared between peers, so commands to many peers are written as fast as
+  their sessions write. Waiting out a backoff holds nothing.
 - Retries (docs/protocol.md#retries-and-backoff). A failed attempt (no live session, a full outbound channel,
   a session that ended before the write, a write not done within `write_timeout`) is retried after
   `RetryPolicy.delay(n, u)`. A command's clock starts when it is read, not when it reaches the head of
@@ -125,7 +129,8 @@ class CommandRouter:
         self._random: RandomSource = random if random is not None else _random.Random().random
         self._write_timeout = write_timeout
         self._policy = RetryPolicy.from_settings(settings)
-        self._limiter = trio.CapacityLimiter(settings.grpc_max_workers)
+        self._depth = settings.grpc_max_workers
+        self._writing = 0
         self._max_held = settings.retry_max_held_commands
         self._presence = presence
         self._started_ms = 0  # wall-clock ms when `serve` started
@@ -148,7 +153,7 @@ class CommandRouter:
 
     @property
     def deliveries_in_progress(self) -> int:
-        return self._limiter.borrowed_tokens
+        return self._writing
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._started_ms = epoch_ms(self._now())
@@ -248,25 +253,31 @@ class CommandRouter:
                     await self._forward(line, head, decision)
                     reachable = True  # the next command goes the same way at once, in order
                     continue
-                failure = await self._attempt(line.peer_id, head)
-                if head.abandoned:
-                    reachable = False
-                    continue
-                if failure is None:
-                    head.attempts += 1
-                    line.queue.popleft()
-                    self._forget(head)
-                    self.stats.delivered += 1
-                    self.metrics.command_delivered(head.command.command_type, trio.current_time() - head.arrived)
-                    log.debug("command_delivered", request_id=head.command.request_id, attempts=head.attempts)
-                    self._settle(head.ticket)
-                    reachable = True
-                else:
-                    reachable = False
-                    await self._fail_due(line, failure, grace=isinstance(decision, Wait))
+                written, failed = await self._attempt(line)
+                self._delivered(line, written)
+                reachable = failed is None
+                if failed is not None and not failed[0].abandoned:  # (else its partition was revoked meanwhile)
+                    await self._fail_due(line, failed[1], grace=isinstance(decision, Wait))
         finally:
             if self._lines.get(line.peer_id) is line:
                 del self._lines[line.peer_id]
+
+    def _delivered(self, line: _Line, written: list[_Pending]) -> None:
+        """Take the commands just written off the front of their line and settle them, in order."""
+        now = trio.current_time()
+        for pending in written:
+            pending.attempts += 1
+            if pending.abandoned:
+                continue  # revoked while it was being written: its partition's new owner reads it again
+            if line.queue and line.queue[0] is pending:
+                line.queue.popleft()
+            else:
+                line.queue.remove(pending)
+            self._forget(pending)
+            self.stats.delivered += 1
+            self.metrics.command_delivered(pending.command.command_type, now - pending.arrived)
+            log.debug("command_delivered", request_id=pending.command.request_id, attempts=pending.attempts)
+            self._settle(pending.ticket)
 
     def _absent(self, peer_id: str, pending: _Pending) -> Decision:
         """What presence says to do when the peer has no session here (None: the usual rules)."""
@@ -298,37 +309,66 @@ class CommandRouter:
             wake_at = min(wake_at, min(expiries))
         return wake_at
 
-    async def _attempt(self, peer_id: str, pending: _Pending) -> Failure | None:
-        """One try at getting the head command written. None when it was."""
+    async def _attempt(self, line: _Line) -> tuple[list[_Pending], tuple[_Pending, Failure] | None]:
+        """One try at getting the line's ready commands written: offer the head and the due commands
+        behind it at once (up to GRPC_MAX_WORKERS), then wait for their writes in order. Returns the
+        commands written, in line order, and the first that was not with its failure (None when all were)."""
+        peer_id = line.peer_id
         session = self._sessions.lookup(peer_id)
-        if pending.delivery is not None:
-            if pending.delivery.settled:
-                if pending.delivery.written:
-                    return None  # written after the last attempt gave up waiting
-                pending.delivery = None
-            elif session is not pending.delivery_session:
-                pending.delivery = None  # that session is gone; its channel drops the old offer
-        if session is None:
-            return Reason.PEER_NOT_CONNECTED, f"peer {peer_id} is not connected to this edge"
-        async with self._limiter:
-            if pending.delivery is None:
-                delivery = Delivery(pending.command.message)
-                try:
-                    session.offer(delivery)
-                except trio.WouldBlock:
-                    return Reason.DELIVERY_FAILED, "the peer's outbound queue stayed full"
-                except SessionGone:
-                    return Reason.PEER_NOT_CONNECTED, f"peer {peer_id} disconnected"
-                pending.delivery, pending.delivery_session = delivery, session
-            delivery = pending.delivery
-            with trio.move_on_after(self._write_timeout):
-                written = await delivery.wait()
-            if not delivery.settled:
-                return Reason.DELIVERY_FAILED, f"not written to the peer's stream within {self._write_timeout:g} s"
-            if written:
-                return None
-            pending.delivery = None
-            return Reason.DELIVERY_FAILED, "the peer's session ended before the command was written"
+        run: list[_Pending] = []
+        failure: Failure | None = None
+        offered_fresh = False
+        now = trio.current_time()
+        for index, pending in enumerate(line.queue):
+            if index >= self._depth or (index > 0 and (pending.next_due > now or session is None)):
+                break
+            if pending.delivery is not None:
+                if pending.delivery.settled and not pending.delivery.written:
+                    pending.delivery = None  # not written (its session ended): offered again below
+                elif not pending.delivery.settled and session is not pending.delivery_session:
+                    pending.delivery = None  # that session is gone; its channel drops the old offer
+                elif offered_fresh:
+                    break  # offered before a command ahead of it: keep the order, wait for the next try
+                else:
+                    run.append(pending)  # written already, or pending in this session: just wait
+                    continue
+            if session is None:
+                failure = Reason.PEER_NOT_CONNECTED, f"peer {peer_id} is not connected to this edge"
+                break
+            delivery = Delivery(pending.command.message)
+            try:
+                session.offer(delivery)
+            except trio.WouldBlock:
+                if not run:
+                    failure = Reason.DELIVERY_FAILED, "the peer's outbound queue stayed full"
+                break
+            except SessionGone:
+                if not run:
+                    failure = Reason.PEER_NOT_CONNECTED, f"peer {peer_id} disconnected"
+                break
+            pending.delivery, pending.delivery_session = delivery, session
+            offered_fresh = True
+            run.append(pending)
+        if failure is not None:
+            return [], (line.queue[0], failure)
+        written: list[_Pending] = []
+        self._writing += len(run)
+        try:
+            for pending in run:
+                offer = pending.delivery
+                assert offer is not None
+                with trio.move_on_after(self._write_timeout):
+                    done = await offer.wait()
+                if not offer.settled:
+                    detail = f"not written to the peer's stream within {self._write_timeout:g} s"
+                    return written, (pending, (Reason.DELIVERY_FAILED, detail))
+                if not done:
+                    pending.delivery = None
+                    return written, (pending, (Reason.DELIVERY_FAILED, "the peer's session ended before the command was written"))
+                written.append(pending)
+            return written, None
+        finally:
+            self._writing -= len(run)
 
     async def _fail_due(self, line: _Line, failure: Failure, *, grace: bool = False) -> None:
         """Count a failed attempt for the head and every command of the line whose retry is due;

@@ -6,7 +6,7 @@ registration)` runs, inside the session's own cancel scope, two tasks:
 
 * the reader (the nursery body): publishes the full catalog, then reads the peer's messages and puts
   what they mean into the event channel; it waits while the channel is full (backpressure);
-* the writer: outbound channel -> peer stream;
+* the writer: outbound channel -> peer stream, what is queued taken together into one write;
 
 and schedules two timers on the edge's `Timers` (edge/timers.py, one task per edge), cancelled when
 the session's tasks are done:
@@ -44,6 +44,7 @@ writer settles each delivery written or not; whatever is still queued when the s
 from __future__ import annotations
 
 import datetime
+from functools import partial
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -69,6 +70,11 @@ from edge.timers import Timer, Timers
 
 log = structlog.get_logger(__name__)
 
+#: The most queued messages (and about the most bytes) the writer hands its stream in one go: they go
+#: out in as few DATA frames and TLS writes as the peer's window allows.
+WRITE_BATCH_MESSAGES = 64
+WRITE_BATCH_BYTES = 256 * 1024
+
 
 @attrs.define(eq=False)
 class Session:
@@ -92,7 +98,8 @@ class Session:
     _status: Status = attrs.field(factory=lambda: Status(StatusCode.OK), init=False)
     _outbound_send: trio.MemorySendChannel[Delivery] = attrs.field(init=False)
     _outbound_receive: trio.MemoryReceiveChannel[Delivery] = attrs.field(init=False)
-    _in_flight: Delivery | None = attrs.field(default=None, init=False)
+    #: What the writer is sending (settled by close_outbound() if it is cancelled mid-write).
+    _in_flight: list[tuple[Delivery, bytes]] = attrs.field(factory=list, init=False)
     _unpublished: list[OutboundRecord] = attrs.field(factory=list, init=False)
     #: Trio time the reader started waiting for the peer's next message; None while it is not waiting.
     _listening_since: float | None = attrs.field(default=None, init=False)
@@ -167,9 +174,11 @@ class Session:
         """Close the outbound channel and settle whatever is still queued as not written."""
         self._outbound_send.close()
         dropped = 0
-        if self._in_flight is not None and not self._in_flight.settled:
-            self._in_flight.settle(False)
-            dropped += 1
+        for delivery, _ in self._in_flight:
+            if not delivery.settled:
+                delivery.settle(False)
+                dropped += 1
+        self._in_flight = []
         while True:
             try:
                 delivery = self._outbound_receive.receive_nowait()
@@ -230,21 +239,43 @@ class Session:
                 return
             self.metrics.message_sent(self.greeting.WhichOneof("payload"))
         async for delivery in self._outbound_receive:
-            self._in_flight = delivery  # settled by close_outbound() if we are cancelled mid-write
+            batch = self._take_ready(delivery)
+            self._in_flight = batch  # settled by close_outbound() if we are cancelled mid-write
             try:
-                await stream.send_message(delivery.message.SerializeToString())
-            except MessageTooLarge:
-                log.warning("edge_message_too_large", request_id=delivery.message.request_id)
-                delivery.settle(False)
-                self._in_flight = None
-                continue
+                await stream.send_messages([data for _, data in batch], sent=partial(self._written, batch))
             except StreamError:
-                delivery.settle(False)
+                for queued, _ in batch:
+                    queued.settle(False)
                 self.end(DisconnectReason.STREAM_CLOSED)
                 return
-            delivery.settle(True)
-            self._in_flight = None
-            self.metrics.message_sent(delivery.message.WhichOneof("payload"))
+            self._in_flight = []
+
+    def _take_ready(self, first: Delivery) -> list[tuple[Delivery, bytes]]:
+        """`first` and whatever else is already queued (up to WRITE_BATCH_MESSAGES / _BYTES), serialised,
+        for one write; a message over GRPC_MAX_MESSAGE_BYTES is settled not written and left out."""
+        batch: list[tuple[Delivery, bytes]] = []
+        size = 0
+        delivery: Delivery | None = first
+        while delivery is not None:
+            data = delivery.message.SerializeToString()
+            if len(data) > self.settings.grpc_max_message_bytes:
+                log.warning("edge_message_too_large", request_id=delivery.message.request_id, bytes=len(data))
+                delivery.settle(False)
+            else:
+                batch.append((delivery, data))
+                size += len(data)
+            if len(batch) >= WRITE_BATCH_MESSAGES or size >= WRITE_BATCH_BYTES:
+                break
+            try:
+                delivery = self._outbound_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                delivery = None
+        return batch
+
+    def _written(self, batch: list[tuple[Delivery, bytes]], index: int) -> None:
+        delivery = batch[index][0]
+        delivery.settle(True)
+        self.metrics.message_sent(delivery.message.WhichOneof("payload"))
 
     # --- timers and callbacks (run in the timers task or the transport's reader: quick, never wait) ---
 

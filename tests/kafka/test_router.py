@@ -271,8 +271,29 @@ async def test_session_ending_before_the_write_retries_on_the_next_session(autoj
         nursery.cancel_scope.cancel()
 
 
-async def test_max_workers_bounds_deliveries_in_progress(autojump_clock):
-    """GRPC_MAX_WORKERS=2: at most two commands are being written at once, whatever the number of peers."""
+async def test_max_workers_bounds_one_peers_commands_in_flight(autojump_clock):
+    """GRPC_MAX_WORKERS=2: a peer has at most two commands offered and not yet written; the next two
+    are offered as soon as those are written, in order."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery, grpc_max_workers=2)
+        session = h.directory.sessions["p"] = FakeSession(auto_write=False)
+        for i in range(5):
+            h.submit("p", f"r{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [d.message.request_id for d in session.offered] == ["r0", "r1"]
+        assert h.router.deliveries_in_progress == 2
+        for _ in range(3):
+            for delivery in [d for d in session.offered if not d.settled]:
+                session.write(delivery)
+            await trio.testing.wait_all_tasks_blocked()
+        assert session.written == ["r0", "r1", "r2", "r3", "r4"]
+        assert len(session.offered) == 5 and h.tracker.due_commits()[PARTITION][0] == 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_commands_to_many_peers_are_all_in_flight_at_once(autojump_clock):
+    """No bound is shared between peers: with GRPC_MAX_WORKERS=2, five peers each get their command
+    offered at once, whatever the others' writes are doing."""
     async with trio.open_nursery() as nursery:
         h = await start(nursery, grpc_max_workers=2)
         sessions = [FakeSession(auto_write=False) for _ in range(5)]
@@ -280,14 +301,50 @@ async def test_max_workers_bounds_deliveries_in_progress(autojump_clock):
             h.directory.sessions[f"p{i}"] = session
             h.submit(f"p{i}", f"r{i}")
         await trio.testing.wait_all_tasks_blocked()
-        assert sum(len(s.offered) for s in sessions) == 2 and h.router.deliveries_in_progress == 2
-        for _ in range(5):
-            waiting = [s for s in sessions if s.offered and not s.offered[0].settled]
-            assert len(waiting) <= 2
-            for session in waiting:
-                session.write(session.offered[0])
-            await trio.testing.wait_all_tasks_blocked()
-        assert all(s.written for s in sessions)
+        assert [len(s.offered) for s in sessions] == [1] * 5 and h.router.deliveries_in_progress == 5
+        for session in sessions:
+            session.write(session.offered[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.router.deliveries_in_progress == 0 and h.tracker.due_commits()[PARTITION][0] == 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_session_ending_midway_through_a_run_retries_the_rest_in_order(autojump_clock):
+    """Three commands offered at once; the session writes the first and ends. The first is settled,
+    the other two go to the next session, in order, and nothing is written twice."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery)
+        first = h.directory.sessions["p"] = FakeSession(auto_write=False)
+        for i in range(3):
+            h.submit("p", f"r{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(first.offered) == 3
+        first.write(first.offered[0])
+        first.end()
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.tracker.due_commits()[PARTITION][0] == 1  # r0 settled, r1 not
+        second = h.directory.sessions["p"] = FakeSession()
+        await trio.sleep(1.0)
+        assert first.written == ["r0"] and second.written == ["r1", "r2"]
+        assert h.tracker.due_commits()[PARTITION][0] == 3 and h.router.stats.retries == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_run_whose_write_timed_out_is_awaited_not_offered_again(autojump_clock):
+    """A slow peer: the run's writes take longer than the write timeout. The next attempt waits for
+    the same offers; each command reaches the peer once, in order."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery, retry_max_retries=10)
+        session = h.directory.sessions["p"] = FakeSession(auto_write=False)
+        for i in range(3):
+            h.submit("p", f"r{i}")
+        await trio.sleep(7.0)  # past the 5 s write timeout: one failed attempt, a retry scheduled
+        assert h.router.stats.retries >= 1 and h.tracker.due_commits()[PARTITION][0] == 0
+        for delivery in list(session.offered):
+            session.write(delivery)
+        await trio.sleep(30.0)
+        assert session.written == ["r0", "r1", "r2"] and len(session.offered) == 3
+        assert h.tracker.due_commits()[PARTITION][0] == 3 and h.letters.statistics().current_buffer_used == 0
         nursery.cancel_scope.cancel()
 
 

@@ -57,7 +57,13 @@ class IdleStream:
         return await self._receive.receive()
 
     async def send_message(self, data: bytes) -> None:
-        self.sent.append((trio.current_time(), pb.EdgeMessage.FromString(data).WhichOneof("payload")))
+        await self.send_messages([data])
+
+    async def send_messages(self, messages: list[bytes], sent: Any = None) -> None:
+        for index, data in enumerate(messages):
+            self.sent.append((trio.current_time(), pb.EdgeMessage.FromString(data).WhichOneof("payload")))
+            if sent is not None:
+                sent(index)
 
 
 class Peer:

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from edge.config import settings_for_tests
-from edge.grpc import StatusCode
+from edge.grpc import ServerStream, StatusCode
 from edge.peers import protocol
 from edge.handoff import Delivery, SessionGone
 from edge.proto import pb
@@ -473,6 +473,32 @@ async def test_delivery_is_settled_written_once_on_the_stream(autojump_clock: An
         with pytest.raises(SessionGone):
             session.offer(Delivery(pb.EdgeMessage()))
         assert edge.registry.lookup("target") is None
+
+
+async def test_commands_queued_together_are_handed_to_the_stream_in_one_write(autojump_clock: Any, monkeypatch: Any) -> None:
+    """Ten deliveries offered at once leave the session's writer as one `send_messages` call, in order,
+    and each is settled written."""
+    calls: list[int] = []
+    original = ServerStream.send_messages
+
+    async def counting(self: ServerStream, messages: Any, sent: Any = None) -> None:
+        calls.append(len(messages))
+        await original(self, messages, sent)
+
+    monkeypatch.setattr(ServerStream, "send_messages", counting)
+    async with memory_edge(SETTINGS) as edge:
+        peer = await edge.connect()
+        await peer.register("busy")
+        await peer.wait_kind("registration_response")
+        session = edge.registry.lookup("busy")
+        calls.clear()
+        deliveries = [Delivery(pb.EdgeMessage(request_id=f"c{n}", file_delete_request=pb.FileDeleteRequest(catalog_uuids=["u"]))) for n in range(10)]
+        for delivery in deliveries:
+            session.offer(delivery)
+        assert [await d.wait() for d in deliveries] == [True] * 10
+        await settle()
+        assert calls == [10]
+        assert [m.request_id for m in peer.received()][1:] == [f"c{n}" for n in range(10)]
 
 
 async def test_an_ending_while_kafka_is_away_is_published_when_it_is_back(autojump_clock: Any) -> None:
