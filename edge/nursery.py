@@ -41,6 +41,7 @@ from edge.config import Address, Settings
 from edge.grpc.refusals import serve_refusal_summaries
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.ops.fd_limit import raise_open_files_limit
+from edge.ops.gc_policy import tune_collector
 from edge.ops.http import serve_ops_http
 from edge.ops.memory import serve_memory_trim
 from edge.ops.readiness import KafkaState
@@ -134,12 +135,14 @@ async def serve(
     (the runtime's readiness reads it). The ops HTTP endpoint (HEALTH_HTTP_ADDRESS) starts first and
     stops last: it keeps answering during the drain (`/readyz` 503, `/metrics` live) for at most
     SHUTDOWN_DEADLINE_SEC after cancellation. `raise_open_files`: raise RLIMIT_NOFILE to its hard limit
-    (edge.ops.fd_limit) once the settings are known to be valid (`run` does; an embedding program need not).
+    (edge.ops.fd_limit) and set the collector's thresholds (edge.ops.gc_policy) once the settings are known
+    to be valid (`run` does; an embedding program need not).
     """
     grpc = grpc_config(settings)  # reads the certificates: a bad one fails here, before anything runs
     admission = load_admission(settings, now)  # the same for peer token keys (docs/security.md)
-    if raise_open_files:  # a process-wide limit: only the process (`run`) raises it, once it is valid
+    if raise_open_files:  # process-wide: only the process (`run`) sets them, once the settings are valid
         raise_open_files_limit(settings.grpc_max_connections)
+        tune_collector()
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
     events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
     runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)

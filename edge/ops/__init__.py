@@ -9,6 +9,7 @@ logic: the peer side and the Kafka bridge write into it, the endpoints read it.
                    included), rendered without `_created` series
     grpc_metrics.py  GrpcServerMetrics: grpc_server_* in the grpc-ecosystem shape and TLS handshake
                    failures; the transport reports to it (edge.grpc.ServerMetrics)
+    gc_policy.py   the collector thresholds `python -m edge run` sets (docs/design.md#collector-thresholds)
     http.py        serve_ops_http: /healthz, /readyz and /metrics (OpenMetrics or text 0.0.4, by Accept)
                    on their own address; stops last
     reflection.py  gRPC server reflection, so `grpcurl list/describe` work

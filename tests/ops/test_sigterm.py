@@ -13,6 +13,7 @@ import grpc
 import pytest
 import trio
 
+from edge.ops.gc_policy import GC_THRESHOLDS
 from testing.grpcio_peer import GrpcioPeer
 from testing.kafka.client import consume_records, create_topics, group_offsets, produce_records
 from testing.process import EdgeProcess
@@ -53,6 +54,7 @@ async def test_sigterm_drains_50_peers_and_exits_0(
         edge = await EdgeProcess.start(nursery, "run", env=env, cwd=tmp_path)
         try:
             port = (await edge.wait_event("edge_started"))["port"]
+            assert [e["after"] for e in edge.events if e.get("event") == "gc_thresholds"] == [list(GC_THRESHOLDS)]
             await edge.wait_event("kafka_producer_connected")
             for index in range(PEERS):
                 peer = GrpcioPeer(port, root_certificates=tls_files.ca_pem)
