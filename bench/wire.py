@@ -191,7 +191,10 @@ class Peer:
                     assert self._stream is not None
                     await self._stream.send_all(data)
             if pending:
-                self._window = trio.Event()
+                # Replaced only once set: a sender (heartbeats beside a flood) that replaced the event
+                # another one waits on would leave that one waiting for ever.
+                if self._window.is_set():
+                    self._window = trio.Event()
                 if self._h2.local_flow_control_window(STREAM_ID) < len(pending[0]) + 5:
                     await self._window.wait()
 

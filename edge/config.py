@@ -234,6 +234,10 @@ class Settings:
     kafka_event_buffer_size: int = _setting(
         "KAFKA_EVENT_BUFFER_SIZE", 10000, "a whole number of events above 0", rule.positive
     )
+    #: Bytes of records (key + value) queued or in flight to Kafka; one larger record still goes alone.
+    kafka_event_buffer_bytes: int = _setting(
+        "KAFKA_EVENT_BUFFER_BYTES", 64 * 1024 * 1024, "a whole number of bytes above 0", rule.positive
+    )
     kafka_produce_batch_size: int = _setting(
         "KAFKA_PRODUCE_BATCH_SIZE", 500, "a whole number of records above 0", rule.positive
     )

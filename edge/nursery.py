@@ -50,7 +50,7 @@ from edge.peers.admission import load_admission
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config, serve_peers
 from edge.presence import PresenceView
-from edge.records import OutboundRecord
+from edge.handoff import open_event_channel
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,8 @@ class Started:
 #: The Kafka bridge's signature. `serve` takes another one for tests that must keep Kafka out (timed
 #: tests under MockClock, docs/design.md#mock-clock-real-io): it receives the event channel's receive end and
 #: a clone of its send end (for dead letters; it must close it), the peer registry, the KafkaState to report
-#: its connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed.
+#: its connection in, and keywords `now` and `metrics`; it must drain the channel until it is closed, and
+#: release what it took (`EventReceiver.release`) once done with it, or senders wait on the byte budget.
 Bridge = Callable[..., Awaitable[None]]
 
 
@@ -144,8 +145,9 @@ async def serve(
         raise_open_files_limit(settings.grpc_max_connections)
         tune_collector()
     runtime = runtime if runtime is not None else EdgeRuntime.create(settings.edge_id)
-    events_send, events_receive = trio.open_memory_channel[OutboundRecord](settings.kafka_event_buffer_size)
-    runtime.metrics.observe_event_buffer(events_send, settings.kafka_event_buffer_size)
+    events_send, events_receive = open_event_channel(settings.kafka_event_buffer_size, settings.kafka_event_buffer_bytes)
+    runtime.metrics.observe_event_buffer(events_receive.queued, settings.kafka_event_buffer_size)
+    runtime.metrics.observe_event_bytes(lambda: events_send.budget.held, settings.kafka_event_buffer_bytes)
     registry = PeerRegistry(
         max_peers=settings.max_peers,
         takeover_timeout=settings.shutdown_timeout_sec,

@@ -8,6 +8,7 @@ needs to know what a record means.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +45,9 @@ class OutboundRecord:
     (acks=all), never before and never for a record that was not produced. The command path uses it
     to commit a dead-lettered command's offset only once its dead letter is safely in Kafka. It must
     not block or raise.
+
+    `encoded` and `size` are computed on first use (by `send_event`, which counts the record against the
+    event buffer's byte budget) and kept: the producer sends those same bytes, a record is encoded once.
     """
 
     topic: str
@@ -56,3 +60,19 @@ class OutboundRecord:
 
     def encode_value(self) -> bytes:
         return encode_json(self.value)
+
+    @functools.cached_property
+    def encoded(self) -> tuple[bytes | None, bytes]:
+        """Key and value as produced. Raises TypeError or ValueError if the value cannot be encoded
+        (nothing is kept then: the producer asks again, and rejects the record)."""
+        return self.encode_key(), self.encode_value()
+
+    @functools.cached_property
+    def size(self) -> int:
+        """Bytes of the encoded key and value: what the record weighs in the event buffer
+        (KAFKA_EVENT_BUFFER_BYTES). 0 for a record that cannot be encoded (the producer rejects it)."""
+        try:
+            key, value = self.encoded
+        except (TypeError, ValueError):
+            return 0
+        return len(value) + (0 if key is None else len(key))

@@ -35,6 +35,7 @@ from edge.ops.grpc_metrics import GrpcServerMetrics
 from edge.ops.readiness import KafkaState
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.registry import PeerRegistry
+from edge.handoff import EventReceiver, EventSender
 from edge.records import OutboundRecord
 
 #: Seconds `stop()` may take, the whole drain included.
@@ -215,8 +216,8 @@ class MemoryBridge:
     async def __call__(
         self,
         settings: edge.Settings,
-        events: trio.MemoryReceiveChannel[OutboundRecord],
-        dead_letters: trio.MemorySendChannel[OutboundRecord],
+        events: EventReceiver,
+        dead_letters: EventSender,
         registry: PeerRegistry,
         kafka: KafkaState,
         *,
@@ -238,22 +239,25 @@ class MemoryBridge:
                 kafka.set_producer(False)
                 self.closed_at = trio.current_time()
 
-    async def drain(self, events: trio.MemoryReceiveChannel[OutboundRecord]) -> None:
+    async def drain(self, events: EventReceiver) -> None:
         """Take every record until the channel is closed (none at all while `stalled`)."""
         if self.stalled:
             await trio.sleep_forever()
         async for record in events:
+            events.release([record])  # "produced" at once
             if record.topic == self.presence_topic:
                 self.presence.append(record)
             else:
                 self._keep(record)
 
-    async def take(self, events: trio.MemoryReceiveChannel[OutboundRecord]) -> Published:
+    async def take(self, events: EventReceiver) -> Published:
         """Take just the next record (presence twins aside)."""
         record = await events.receive()
+        events.release([record])
         while record.topic == self.presence_topic:
             self.presence.append(record)
             record = await events.receive()
+            events.release([record])
         return self._keep(record)
 
     def _keep(self, record: OutboundRecord) -> Published:

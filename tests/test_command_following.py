@@ -16,13 +16,12 @@ from typing import Any
 import trio
 
 from edge.config import settings_for_tests
-from edge.handoff import Delivery
+from edge.handoff import Delivery, open_event_channel
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import OffsetTracker
 from edge.kafka.router import CommandRouter
 from edge.ops.metrics import EdgeMetrics
 from edge.presence import Holder, PresenceView
-from edge.records import OutboundRecord
 
 WALL0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.timezone.utc)
 WALL0_MS = int(WALL0.timestamp() * 1000)
@@ -54,7 +53,7 @@ class Directory:
 class Harness:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.directory = Directory()
-        self.send, self.records = trio.open_memory_channel[OutboundRecord](100)
+        self.send, self.records = open_event_channel(100, 64 * 1024 * 1024)
         self.tracker = OffsetTracker()
         self.tracker.assign(PARTITION)
         self.t0 = trio.current_time()

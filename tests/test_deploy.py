@@ -28,7 +28,6 @@ from typing import Any
 
 import attrs
 import pytest
-import trio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from purerpc.grpclib.status import StatusCode
@@ -592,8 +591,8 @@ def exported_sample_names() -> set[str]:
     pre-created labels, the event buffer bound by `serve`) exercised once each."""
     runtime = EdgeRuntime.create("dashboard")
     metrics = runtime.metrics
-    send, _receive = trio.open_memory_channel[OutboundRecord](10)
-    metrics.observe_event_buffer(send, 10)
+    metrics.observe_event_buffer(lambda: 0, 10)
+    metrics.observe_event_bytes(lambda: 0, 1024)
     metrics.message_received("heartbeat")
     metrics.message_sent("heartbeat")
     metrics.commands_received.inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -24,6 +24,11 @@ from edge.config import Settings
 from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
+
+
+#: Told, once every record of a batch is in the producer's accumulator, whether all of them got there
+#: (False: a record failed to be handed over, it and those after it are failed).
+OnEnqueued = Callable[[bool], None]
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
@@ -58,8 +63,11 @@ class AioProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def send_batch(self, records: Sequence[OutboundRecord]) -> BatchResult:
+    async def send_batch(self, records: Sequence[OutboundRecord], on_enqueued: OnEnqueued | None = None) -> BatchResult:
         """Produce `records` in order and wait for every ack.
+
+        `on_enqueued`, if given, is called once every record has been handed to aiokafka, before the
+        acks are awaited: the caller may then start the next batch, which aiokafka orders after this one.
 
         A record that can never be produced (it cannot be encoded, or it is over the producer's
         request size) is *rejected* and reported, so it cannot block the records behind it. Any other
@@ -70,12 +78,12 @@ class AioProducer:
         failed: list[int] = []
         for index, record in enumerate(records):
             try:
-                value = record.encode_value()
+                key, value = record.encoded  # encoded once, when it was queued (edge.handoff.send_event)
             except (TypeError, ValueError) as error:  # UnicodeEncodeError is a ValueError
                 rejected.append((index, f"cannot be encoded: {error!r}"[:300]))
                 continue
             try:
-                future = await self._producer.send(record.topic, value, key=record.encode_key())
+                future = await self._producer.send(record.topic, value, key=key)
             except MessageSizeTooLargeError as error:
                 rejected.append((index, f"too large: {error}"[:300]))
                 continue
@@ -84,6 +92,8 @@ class AioProducer:
                 failed.extend(range(index, len(records)))
                 break
             futures.append((index, future))
+        if on_enqueued is not None:
+            on_enqueued(not failed)
         first_error: BaseException | None = None
         for index, future in futures:
             # Awaited one by one, in order, rather than through asyncio.gather: a record's future is

@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.handoff import PeerDirectory
+from edge.handoff import EventReceiver, EventSender, PeerDirectory
 from edge.kafka.backoff import RandomSource
 from edge.kafka.commands import CommandParser
 from edge.kafka.consumer import CommandIntake, serve_command_consumer
@@ -46,7 +46,6 @@ from edge.kafka.router import CommandRouter
 from edge.kafka.topics import ensure_topics
 from edge.ops.metrics import EdgeMetrics
 from edge.ops.readiness import KafkaState
-from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
 
@@ -59,8 +58,8 @@ TOPICS_RETRY_MAX_DELAY: Final = 5.0
 
 async def serve_kafka_bridge(
     settings: Settings,
-    events: trio.MemoryReceiveChannel[OutboundRecord],
-    dead_letters: trio.MemorySendChannel[OutboundRecord],
+    events: EventReceiver,
+    dead_letters: EventSender,
     registry: PeerDirectory,
     state: KafkaState,
     now: Callable[[], datetime.datetime],

@@ -56,14 +56,13 @@ import trio
 
 from edge.config import Settings
 from edge.convert import timestamp
-from edge.handoff import Delivery, PeerDirectory, PeerSession, SessionGone, send_event
+from edge.handoff import Delivery, EventSender, PeerDirectory, PeerSession, SessionGone, send_event
 from edge.kafka.backoff import RandomSource, RetryPolicy
 from edge.kafka.commands import Command, DeadLetter, Reason, dead_letter_record, undeliverable
 from edge.kafka.forwarding import Decision, Forward, Wait, decide, forwarded_record, hops_of
 from edge.kafka.offsets import Partition, Ticket
 from edge.ops.metrics import EdgeMetrics
 from edge.presence import PresenceView, epoch_ms
-from edge.records import OutboundRecord
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +111,7 @@ class CommandRouter:
         self,
         settings: Settings,
         sessions: PeerDirectory,
-        events: trio.MemorySendChannel[OutboundRecord],
+        events: EventSender,
         settle: Callable[[Ticket], None],
         now: Callable[[], datetime.datetime],
         *,

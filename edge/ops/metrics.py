@@ -7,7 +7,7 @@ registry, so two edges in one process (tests, embedding) never share or collide.
 
 Naming follows Prometheus conventions: prefix `giggityflix_edge_`, base units (seconds, bytes),
 `_total` on counters, labels only with small closed value sets (reasons, message kinds, command
-types, topics: never peer ids). Values the edge already keeps elsewhere (the event channel's depth,
+types, topics: never peer ids). Values the edge already keeps elsewhere (the event channel's depth and bytes,
 the Kafka connection state, open gRPC connections) are read at scrape time through callbacks bound
 with `observe_*`, so the hot paths pay nothing for them.
 
@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
-import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
@@ -249,17 +248,29 @@ class EdgeMetrics:
 
     # --- values read at scrape time ---------------------------------------------------------------
 
-    def observe_event_buffer(self, channel: trio.MemorySendChannel | trio.MemoryReceiveChannel, capacity: int) -> None:  # type: ignore[type-arg]
-        """Expose the event channel's depth and capacity (read at scrape time)."""
+    def observe_event_buffer(self, depth: Callable[[], int], capacity: int) -> None:
+        """Expose the event channel's depth (`depth()`, read at scrape time) and capacity."""
         self._live.add(
-            _name("event_buffer_depth"),
-            "Events queued for Kafka right now.",
-            (),
-            lambda: [((), float(channel.statistics().current_buffer_used))],
+            _name("event_buffer_depth"), "Events queued for Kafka right now.", (), lambda: [((), float(depth()))]
         )
         self._live.add(
             _name("event_buffer_capacity"),
             "Events the buffer holds before peers stop being read (KAFKA_EVENT_BUFFER_SIZE).",
+            (),
+            lambda: [((), float(capacity))],
+        )
+
+    def observe_event_bytes(self, held: Callable[[], int], capacity: int) -> None:
+        """Expose the bytes the event buffer holds (`held()`, read at scrape time) and its byte budget."""
+        self._live.add(
+            _name("event_buffer_bytes"),
+            "Bytes (key + value) of events queued for Kafka or in flight to it, until acknowledged.",
+            (),
+            lambda: [((), float(held()))],
+        )
+        self._live.add(
+            _name("event_buffer_bytes_capacity"),
+            "Bytes the buffer holds before peers stop being read (KAFKA_EVENT_BUFFER_BYTES).",
             (),
             lambda: [((), float(capacity))],
         )

@@ -26,7 +26,7 @@ import attrs
 import structlog
 import trio
 
-from edge.handoff import send_event
+from edge.handoff import EventSender, send_event
 from edge.ops.metrics import EdgeMetrics
 from edge.peers.session import Session
 from edge.records import OutboundRecord
@@ -44,7 +44,7 @@ class Ending:
     records: list[OutboundRecord]
     finished: Callable[[], None]
 
-    async def publish(self, events: trio.MemorySendChannel[OutboundRecord], metrics: EdgeMetrics) -> None:
+    async def publish(self, events: EventSender, metrics: EdgeMetrics) -> None:
         while self.records:
             await send_event(events, self.records[0], metrics)
             del self.records[0]
@@ -66,7 +66,7 @@ class Ending:
 
 async def serve_endings(
     endings: trio.MemoryReceiveChannel[Ending],
-    events: trio.MemorySendChannel[OutboundRecord],
+    events: EventSender,
     shutdown_timeout: float,
     *,
     metrics: EdgeMetrics,

@@ -40,7 +40,7 @@ import trio
 
 from edge.config import Settings
 from edge.grpc import MessageTooLarge, ProtocolViolation, ServerStream, Status, StatusCode, StreamError
-from edge.handoff import send_event
+from edge.handoff import EventSender, send_event
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.admission import Admission
@@ -49,7 +49,7 @@ from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
 from edge.peers.registry import PeerLimitReached, PeerRegistry, TakeoverTimedOut
 from edge.peers.session import Session
 from edge.proto import pb
-from edge.records import DisconnectReason, OutboundRecord
+from edge.records import DisconnectReason
 from edge.timers import Timers
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,7 @@ class PeerStreamHandler:
 
     settings: Settings
     registry: PeerRegistry
-    events: trio.MemorySendChannel[OutboundRecord]
+    events: EventSender
     now: Callable[[], datetime.datetime]
     #: Where each ended session's last records go (see `endings.serve_endings`).
     endings: trio.MemorySendChannel[Ending]

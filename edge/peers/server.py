@@ -37,7 +37,7 @@ from edge.peers.handler import PeerStreamHandler
 from edge.peers.limits import message_meter_factory
 from edge.peers.registry import PeerRegistry
 from edge.proto import CONNECT_PATH
-from edge.records import OutboundRecord
+from edge.handoff import EventSender
 from edge.timers import Timers, serve_timers
 
 log = structlog.get_logger(__name__)
@@ -81,7 +81,7 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
 
 async def serve_peers(
     settings: Settings,
-    events: trio.MemorySendChannel[OutboundRecord],
+    events: EventSender,
     registry: PeerRegistry,
     now: Callable[[], datetime.datetime],
     *,

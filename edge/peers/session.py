@@ -60,7 +60,7 @@ from edge.grpc import (
     StatusCode,
     StreamError,
 )
-from edge.handoff import Delivery, SessionGone, send_event
+from edge.handoff import Delivery, EventSender, SessionGone, send_event
 from edge.ops.metrics import EdgeMetrics
 from edge.peers import protocol
 from edge.peers.protocol import PeerProtocolError, Registration, SessionInfo
@@ -80,7 +80,7 @@ WRITE_BATCH_BYTES = 256 * 1024
 class Session:
     info: SessionInfo
     settings: Settings
-    events: trio.MemorySendChannel[OutboundRecord]
+    events: EventSender
     now: Callable[[], datetime.datetime]
     #: The edge's timers (served by `serve_timers`): this session's heartbeat and silence check.
     timers: Timers

@@ -19,7 +19,7 @@ from edge.kafka.router import CommandRouter
 from edge.nursery import utc_now
 from edge.ops.metrics import EdgeMetrics
 from edge.ops.readiness import KafkaState
-from edge.records import OutboundRecord
+from edge.handoff import open_event_channel
 from testing.kafka.client import create_topics, produce_records
 from tests.kafka.support import command
 
@@ -52,7 +52,7 @@ async def test_a_bug_in_dispatch_ends_the_consumer_instead_of_a_reconnect(kafka_
     await produce_records(kafka_bootstrap, settings.commands_topic, [("peer-b", command("peer-b", "r-1"))])
     metrics = EdgeMetrics.create()
     intake = CommandIntake(OffsetTracker(), settings.kafka_max_pending_commands)
-    dead_letters, _unused = trio.open_memory_channel[OutboundRecord](10)
+    dead_letters, _unused = open_event_channel(10, 64 * 1024 * 1024)
     router = CommandRouter(settings, NoPeers(), dead_letters, intake.settle, utc_now, metrics=metrics)
     with structlog.testing.capture_logs() as logs, pytest.raises(ExceptionGroup) as raised:
         with trio.fail_after(60):  # a reconnect loop would never end: fail instead of hanging

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from edge.config import settings_for_tests
-from edge.handoff import Delivery, SessionGone
+from edge.handoff import Delivery, SessionGone, open_event_channel
 from edge.kafka.backoff import RetryPolicy
 from edge.kafka.commands import Command, CommandParser, Source
 from edge.kafka.offsets import OffsetTracker
@@ -107,7 +107,7 @@ class Harness:
 async def start(nursery: trio.Nursery, seed: int = 1, **overrides) -> Harness:
     settings = settings_for_tests(edge_id="e1", **overrides)
     directory = FakeDirectory()
-    send, receive = trio.open_memory_channel[OutboundRecord](100)
+    send, receive = open_event_channel(100, 64 * 1024 * 1024)
     tracker = OffsetTracker()
     tracker.assign(PARTITION)
     harness: Harness

@@ -32,7 +32,7 @@ from edge.peers.handler import PeerStreamHandler
 from edge.peers.registry import PeerRegistry
 from edge.peers.server import grpc_config
 from edge.proto import CONNECT_PATH, pb
-from edge.records import OutboundRecord
+from edge.handoff import open_event_channel
 from edge.timers import Timers, serve_timers
 from testing.harness import MemoryBridge, Published
 from tests.grpc.support import RawH2Client, grpc_frame
@@ -189,7 +189,7 @@ class MemoryEdge:
         self.registry = PeerRegistry(
             max_peers=settings.max_peers, takeover_timeout=settings.shutdown_timeout_sec, now=fixed_now
         )
-        self.events, self._events_out = trio.open_memory_channel[OutboundRecord](event_buffer)
+        self.events, self._events_out = open_event_channel(event_buffer, settings.kafka_event_buffer_bytes)
         self._endings, self._endings_out = trio.open_memory_channel[Ending](settings.max_peers)
         self.timers = Timers()
         self.handler = PeerStreamHandler(

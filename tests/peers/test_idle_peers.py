@@ -22,7 +22,8 @@ from edge.peers import protocol
 from edge.peers.protocol import Registration, SessionInfo
 from edge.peers.session import Session
 from edge.proto import pb
-from edge.records import DisconnectReason, OutboundRecord
+from edge.handoff import EventSender, open_event_channel
+from edge.records import DisconnectReason
 from edge.timers import Timers, serve_timers
 
 from .support import capture_logs, fixed_now, memory_edge
@@ -67,7 +68,7 @@ class IdleStream:
 
 
 class Peer:
-    def __init__(self, name: str, timers: Timers, events: trio.MemorySendChannel[OutboundRecord], metrics: Any) -> None:
+    def __init__(self, name: str, timers: Timers, events: EventSender, metrics: Any) -> None:
         info = SessionInfo(edge_id="edge-test", peer_id=name, session_id=str(uuid.uuid4()), epoch=1)
         registration = Registration(peer_id=name, catalog_uuids=(), request_id="r")
         self.registration = registration
@@ -109,7 +110,7 @@ async def test_five_thousand_idle_sessions_each_end_at_exactly_their_deadline(au
     one speaks once at t0+12 and ends at exactly t0+12 + PEER_TIMEOUT_SEC after three."""
     timers = Timers()
     metrics = EdgeMetrics.create("edge-test")
-    events, records = trio.open_memory_channel[OutboundRecord](2 * PEERS)
+    events, records = open_event_channel(2 * PEERS, 64 * 1024 * 1024)
     peers: list[Peer] = []
     with capture_logs() as logs:
         async with trio.open_nursery() as outer:
@@ -145,7 +146,7 @@ async def test_five_thousand_idle_sessions_each_end_at_exactly_their_deadline(au
         assert peer.ended_at == expected_end, peer.session.info.peer_id
         assert peer.beats() == expected_beats(peer.started_at, expected_end)
         assert len(peer.beats()) == (3 if id(peer) in spoke else 2)
-    assert records.statistics().current_buffer_used == PEERS  # each full catalog, nothing lost
+    assert records.queued() == PEERS  # each full catalog, nothing lost
 
 
 async def test_an_idle_peer_costs_four_tasks_end_to_end(autojump_clock: Any) -> None:
