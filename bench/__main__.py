@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"one of {', '.join(ORDER)}, several joined by commas, or all")
     parser.add_argument("--small", action="store_true", help="validation scale: small counts, short steps")
     parser.add_argument("--peers", type=_numbers, help="capacity steps, e.g. 1000,5000,10000")
+    parser.add_argument("--heartbeat", type=int, help="HEARTBEAT_INTERVAL_SEC of the edges and the peers (default 10)")
     parser.add_argument("--rates", type=_numbers, help="event rates per second, 0 = as fast as possible")
     parser.add_argument("--duration", type=float,
                         help="seconds per measured step; soak: its whole length (default 1800)")
@@ -91,6 +92,8 @@ def params_from(args: argparse.Namespace) -> Params:
         p = attrs.evolve(p, capacity_peers=tuple(int(n) for n in args.peers))
     if args.rates:
         p = attrs.evolve(p, event_rates=args.rates)
+    if args.heartbeat:
+        p = attrs.evolve(p, heartbeat_sec=args.heartbeat)
     if args.duration:
         p = attrs.evolve(p, step_sec=args.duration, half_rate_sec=args.duration, soak_sec=args.duration)
     if args.warmup is not None:

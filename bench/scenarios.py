@@ -84,7 +84,8 @@ BENCH_ADMISSION: dict[str, Any] = {
 
 
 def edge_settings(p: Params, peers: int) -> dict[str, Any]:
-    return {"max_peers": max(10000, peers), "heartbeat_interval_sec": p.heartbeat_sec,
+    return {"max_peers": max(10000, peers), "grpc_max_connections": max(20000, peers + 1000),
+            "heartbeat_interval_sec": p.heartbeat_sec,
             "peer_timeout_sec": 4 * p.heartbeat_sec, **BENCH_ADMISSION}
 
 
