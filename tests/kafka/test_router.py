@@ -344,7 +344,7 @@ async def test_a_run_whose_write_timed_out_is_awaited_not_offered_again(autojump
             session.write(delivery)
         await trio.sleep(30.0)
         assert session.written == ["r0", "r1", "r2"] and len(session.offered) == 3
-        assert h.tracker.due_commits()[PARTITION][0] == 3 and h.letters.statistics().current_buffer_used == 0
+        assert h.tracker.due_commits()[PARTITION][0] == 3 and h.router.stats.dead_lettered == {}
         nursery.cancel_scope.cancel()
 
 
