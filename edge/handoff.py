@@ -133,15 +133,17 @@ class EventBudget:
         waiter = _Waiter(size)
         self._waiters.append(waiter)
         self._admit()
+        returned = False
         try:
             await waiter.admitted.wait()
-        except BaseException:
-            if waiter.admitted.is_set():  # admitted after the cancellation was delivered: give it back
-                self.release(size)
-            else:
-                self._waiters.remove(waiter)
-                self._admit()  # the one behind may fit now that this one is gone
-            raise
+            returned = True
+        finally:
+            if not returned:  # cancelled
+                if waiter.admitted.is_set():  # admitted after the cancellation was delivered: give it back
+                    self.release(size)
+                else:
+                    self._waiters.remove(waiter)
+                    self._admit()  # the one behind may fit now that this one is gone
 
     def release(self, size: int) -> None:
         self.held -= size
@@ -239,7 +241,7 @@ async def send_event(events: EventSender, record: OutboundRecord, metrics: EdgeM
     await trio.lowlevel.checkpoint_if_cancelled()
     size = record.size  # encodes the record, once: the producer sends these bytes
     started: float | None = None
-    taken = False
+    taken = queued = False
     try:
         if not events.budget.take_nowait(size):
             started = trio.current_time()
@@ -250,11 +252,10 @@ async def send_event(events: EventSender, record: OutboundRecord, metrics: EdgeM
         except trio.WouldBlock:
             started = trio.current_time() if started is None else started
             await events.channel.send(record)
-    except BaseException:
-        if taken:  # counted but not queued (cancelled, or the channel closed)
-            events.budget.release(size)
-        raise
+        queued = True
     finally:
+        if taken and not queued:  # counted but not queued (cancelled, or the channel closed)
+            events.budget.release(size)
         if started is not None:
             metrics.event_backpressure.inc(trio.current_time() - started)
     if started is None:
