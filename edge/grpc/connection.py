@@ -124,7 +124,7 @@ class ServerConnection:
         self.peer_certificate_der: bytes | None = None
         self.peer_certificate: dict[str, Any] | None = None
         self.protocol = GrpcServerProtocol(config.protocol_limits())
-        self._turn = ReadTurn(config.inbound_budget, lambda: self.protocol.holds_complete_messages)
+        self._turn = ReadTurn(config.inbound_budget, lambda: self.protocol.holds_complete_messages, self.report_buffered)
         self.max_message_bytes = config.max_message_bytes
         self._streams: StreamTasks | None = None  # from the start of `_run`
         self._initiated = False
@@ -436,9 +436,11 @@ class ServerConnection:
         # Once closed, the connection holds nothing any more, whatever the protocol object says.
         now = 0 if final else self.protocol.inbound_buffered_bytes
         stats.report_held(self._config.held_budget)
-        stats.report_inbound(self._config.inbound_budget)
+        inbound_changed = stats.report_inbound(self._config.inbound_budget)
         self._turn.consumed()
         if now == self._buffered_reported:
+            if inbound_changed:
+                stats.notify()
             return
         stats.inbound_buffered_bytes += now - self._buffered_reported
         self._buffered_reported = now

@@ -101,9 +101,12 @@ class InboundBudget:
 class ReadTurn:
     """One connection's reads under an `InboundBudget` (None: no budget, every read at once)."""
 
-    def __init__(self, budget: InboundBudget | None, holds_complete_messages: Callable[[], bool]) -> None:
+    def __init__(
+        self, budget: InboundBudget | None, holds_complete_messages: Callable[[], bool], paused: Callable[[], None]
+    ) -> None:
         self._budget = budget
         self._holds = holds_complete_messages
+        self._paused = paused  # told when the connection starts waiting (stats, metrics)
         self._event: trio.Event | None = None  # set while waiting
 
     async def wait(self) -> bool:
@@ -114,6 +117,7 @@ class ReadTurn:
             return False
         event = self._event = trio.Event()
         budget.wait(self, event.set)
+        self._paused()
         try:
             await event.wait()
         finally:

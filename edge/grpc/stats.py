@@ -58,9 +58,14 @@ class GrpcServerStats:
         if budget is not None:
             self.held_bytes, self.held_bytes_peak, self.held_refused = budget.held, budget.peak, budget.refused
 
-    def report_inbound(self, budget: InboundBudget | None) -> None:
-        if budget is not None:
-            self.inbound_peak, self.inbound_pauses, self.inbound_waiting = budget.peak, budget.pauses, budget.waiting
+    def report_inbound(self, budget: InboundBudget | None) -> bool:
+        """Take the budget's figures; True if they changed."""
+        if budget is None:
+            return False
+        figures = (budget.peak, budget.pauses, budget.waiting)
+        changed = figures != (self.inbound_peak, self.inbound_pauses, self.inbound_waiting)
+        self.inbound_peak, self.inbound_pauses, self.inbound_waiting = figures
+        return changed
 
     def notify(self) -> None:
         """Wake `wait_until` callers (the transport calls this after each change)."""
