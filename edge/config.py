@@ -124,6 +124,12 @@ class Settings:
         "GRPC_MAX_CONNECTIONS_PER_ADDRESS", 256, "a whole number of connections, 0 or more (0: no limit)",
         rule.non_negative,
     )
+    #: Bytes received from peers and not yet taken by their sessions, over every stream and connection;
+    #: when full, peers get backpressure (docs/security.md, "Inbound bytes"). At least GRPC_MAX_MESSAGE_BYTES.
+    grpc_inbound_buffer_bytes: int = _setting(
+        "GRPC_INBOUND_BUFFER_BYTES", 256 * 1024 * 1024, "a whole number of bytes, at least GRPC_MAX_MESSAGE_BYTES",
+        rule.positive,
+    )
     #: A peer-port connection with no open stream for this long gets GOAWAY and is closed.
     grpc_idle_timeout_sec: float = _setting(
         "GRPC_IDLE_TIMEOUT_SEC", 30.0, "seconds above 0 (may be fractional)", rule.positive
@@ -302,12 +308,9 @@ class Settings:
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout_sec <= self.heartbeat_interval_sec:
             raise ConfigError("PEER_TIMEOUT_SEC", _accepts("peer_timeout_sec"), self.peer_timeout_sec)
-        if self.peer_unregistered_buffer_bytes < self.grpc_max_message_bytes:
-            raise ConfigError(
-                "PEER_UNREGISTERED_BUFFER_BYTES",
-                _accepts("peer_unregistered_buffer_bytes"),
-                self.peer_unregistered_buffer_bytes,
-            )
+        for name in ("peer_unregistered_buffer_bytes", "grpc_inbound_buffer_bytes"):
+            if getattr(self, name) < self.grpc_max_message_bytes:
+                raise ConfigError(name.upper(), _accepts(name), getattr(self, name))
         if self.retry_max_delay_ms < self.retry_initial_delay_ms:
             raise ConfigError(
                 "RETRY_MAX_DELAY_MS", "milliseconds at least RETRY_INITIAL_DELAY_MS", self.retry_max_delay_ms

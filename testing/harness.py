@@ -201,9 +201,11 @@ class MemoryBridge:
 
     Reports itself connected, keeps what it would produce in `published`, and, like the real one, keeps
     draining after cancellation until the peer side closes the channel, for at most
-    SHUTDOWN_TIMEOUT_SEC; with `stalled` set it takes nothing (a Kafka that accepts nothing)."""
+    SHUTDOWN_TIMEOUT_SEC; with `stalled` set it takes nothing (a Kafka that accepts nothing) until
+    `resume()`; with `pace`, it takes one record per `pace` seconds (a Kafka slower than the peers)."""
 
     stalled: bool = False
+    pace: float | None = None
     #: Records for this topic (the lifecycle records' presence twins) go to `presence`, not `published`.
     presence_topic: str = "peer-presence"
     published: list[Published] = attrs.field(factory=list)
@@ -212,6 +214,17 @@ class MemoryBridge:
     counts: collections.Counter[str | None] = attrs.field(factory=collections.Counter)
     closed_at: float | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
+    _resumed: trio.Event = attrs.field(factory=trio.Event)
+
+    def stall(self) -> None:
+        """Take nothing more (after the record being taken, if any) until `resume()`."""
+        self.stalled = True
+        self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        """A stalled bridge starts taking records (Kafka is back)."""
+        self.stalled = False
+        self._resumed.set()
 
     async def __call__(
         self,
@@ -241,14 +254,20 @@ class MemoryBridge:
 
     async def drain(self, events: EventReceiver) -> None:
         """Take every record until the channel is closed (none at all while `stalled`)."""
-        if self.stalled:
-            await trio.sleep_forever()
-        async for record in events:
+        while True:
+            if self.stalled:
+                await self._resumed.wait()
+            try:
+                record = await events.receive()
+            except trio.EndOfChannel:
+                return
             events.release([record])  # "produced" at once
             if record.topic == self.presence_topic:
                 self.presence.append(record)
             else:
                 self._keep(record)
+            if self.pace is not None:
+                await trio.sleep(self.pace)
 
     async def take(self, events: EventReceiver) -> Published:
         """Take just the next record (presence twins aside)."""

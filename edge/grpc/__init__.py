@@ -42,6 +42,7 @@ from edge.grpc.errors import (
     UnsupportedEncoding,
 )
 from edge.grpc.frame_guard import ConnectionAbuse, FrameBudgets
+from edge.grpc.inbound_budget import InboundBudget
 from edge.grpc.limits import HeldBytesBudget, InboundMeter
 from edge.grpc.metrics import CallMetrics, ServerMetrics
 from edge.grpc.listeners import serve_grpc
@@ -58,6 +59,7 @@ __all__ = [
     "FrameBudgets",
     "Handler",
     "HeldBytesBudget",
+    "InboundBudget",
     "InboundMeter",
     "MessageTooLarge",
     "OverBudget",

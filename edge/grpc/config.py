@@ -11,6 +11,7 @@ from attrs import validators as v
 
 from edge.grpc.frame_guard import Budget, FrameBudgets
 from edge.grpc.framing import MAX_FRAMED_LENGTH
+from edge.grpc.inbound_budget import InboundBudget
 from edge.grpc.limits import MAX_WINDOW, HeldBytesBudget, InboundMeter, ProtocolLimits
 
 #: Per-stream HTTP/2 receive window. Small next to a message: bytes are acknowledged as they are
@@ -75,6 +76,9 @@ class GrpcServerConfig:
     held_paths: frozenset[str] = attrs.field(default=frozenset())
     #: Bytes held for not-yet-admitted streams over every connection of the server (shared, mutable).
     held_budget: HeldBytesBudget | None = attrs.field(default=None, eq=False)
+    #: Bytes held for every stream's handler over every connection (shared, mutable): when it is full,
+    #: clients get backpressure (`inbound_budget.py`). None: each stream bounded on its own only.
+    inbound_budget: InboundBudget | None = attrs.field(default=None, eq=False)
     #: Per-connection frame budgets (PING, SETTINGS, RST_STREAM, empty frames, WINDOW_UPDATE).
     frame_budgets: FrameBudgets = attrs.field(factory=FrameBudgets)
 
@@ -89,6 +93,7 @@ class GrpcServerConfig:
             initial_window_bytes=min(self.initial_window_bytes, self.stream_window_bytes),
             held_paths=self.held_paths,
             held_budget=self.held_budget,
+            inbound_budget=self.inbound_budget,
             frame_budgets=self._frame_budgets(),
         )
 

@@ -22,6 +22,7 @@ Endings:
 * no stream open for `idle_timeout`: the reader's wait for bytes has that deadline (moved by
   `idle_changed` whenever the first stream starts or the last one ends, so no task of its own);
   GOAWAY (NO_ERROR) and close.
+* the inbound budget is full and this connection is behind: the reader waits its turn (`inbound_budget.py`).
 * every stream over its message rate: the reader stops reading at once, lets the handlers send their
   statuses (within `shutdown_grace`), then as above.
 * cancelled (server shutdown): the same cancellation reaches the handlers, each of which queues
@@ -43,18 +44,9 @@ import structlog
 import trio
 
 from edge.grpc.config import GrpcServerConfig
-from edge.grpc.errors import StreamReset
 from edge.grpc.frame_guard import ConnectionAbuse
-from edge.grpc.events import (
-    Event,
-    PeerGoingAway,
-    PeerSettingsReceived,
-    RequestRejected,
-    RequestStarted,
-    SendWindowOpened,
-    StreamReadable,
-    StreamResetByPeer,
-)
+from edge.grpc.inbound_budget import READ_STEP, ReadTurn
+from edge.grpc.events import PeerSettingsReceived
 from edge.grpc.metrics import ServerMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 from edge.grpc.refusals import IDLE_TIMEOUT
@@ -65,8 +57,8 @@ from edge.grpc.tls import HANDSHAKE_ALPN, HANDSHAKE_TIMEOUT, handshake_failure_c
 
 log = structlog.get_logger(__name__)
 
-#: Bytes asked of the socket per read.
-RECEIVE_CHUNK: Final = 64 * 1024
+#: Bytes asked of the socket per read (also one woken connection's step under the inbound budget).
+RECEIVE_CHUNK: Final = READ_STEP
 #: Bytes handed to the socket per write; each write has its own stall deadline.
 WRITE_CHUNK: Final = 64 * 1024
 #: Outbound bytes a connection may hold before `send_message` waits for the socket to drain.
@@ -122,6 +114,7 @@ class ServerConnection:
         self.peer_certificate_der: bytes | None = None
         self.peer_certificate: dict[str, Any] | None = None
         self.protocol = GrpcServerProtocol(config.protocol_limits())
+        self._turn = ReadTurn(config.inbound_budget, lambda: self.protocol.holds_complete_messages, self.report_buffered)
         self.max_message_bytes = config.max_message_bytes
         self._streams: StreamTasks | None = None  # from the start of `_run`
         self._initiated = False
@@ -162,7 +155,9 @@ class ServerConnection:
                 # Cancelled; the socket is closed by then, and the bookkeeping below must still run.
                 await self._close()
             finally:
-                self._report_buffered(final=True)
+                self.protocol.release_inbound()
+                self._turn.close()
+                self.report_buffered(final=True)
                 stats.connections_open -= 1
                 stats.notify()
                 self._log.debug("grpc_connection_closed")
@@ -285,6 +280,7 @@ class ServerConnection:
         """Read until the connection ends; return why, and whether that is an everyday ending."""
         self._preface_deadline = trio.current_time() + self._config.tls_handshake_timeout
         while True:
+            await self._turn.wait()  # the inbound budget is full and this connection is behind
             with trio.CancelScope(deadline=self._read_deadline()) as scope:
                 self._read_scope = scope
                 try:
@@ -296,6 +292,7 @@ class ServerConnection:
                     return "closed", True
                 finally:
                     self._read_scope = None
+                    self._turn.read_done()
             if scope.cancelled_caught:
                 if self._preface_deadline != math.inf:
                     return "preface timeout", False
@@ -319,8 +316,8 @@ class ServerConnection:
             for event in events:
                 if isinstance(event, PeerSettingsReceived):
                     self._preface_deadline = math.inf
-                went_away = self._dispatch(event, streams) or went_away
-            self._report_buffered()
+                went_away = streams.apply(event, self._log) or went_away
+            self.report_buffered()
             if self.protocol.pending_outbound_bytes:
                 self.wake_writer()  # h2's answers to this input (ACKs, WINDOW_UPDATEs); else no wake-up
             if went_away:
@@ -329,36 +326,6 @@ class ServerConnection:
                 # Without reading: the handlers need no more bytes to end their streams.
                 await streams.wait_all_finished(self._config.shutdown_grace)
                 return "every stream over its message rate", False
-
-    def _dispatch(self, event: Event, streams: StreamTasks) -> bool:
-        """Act on one protocol event; True if it is the client's GOAWAY."""
-        if isinstance(event, StreamReadable):
-            stream = streams.get(event.stream_id)
-            if stream is not None:
-                stream.wake_inbound()
-        elif isinstance(event, SendWindowOpened):
-            if event.stream_id == 0:
-                streams.wake_all_senders()
-            else:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.wake_output()
-        elif isinstance(event, RequestStarted):
-            streams.start(event.request)
-        elif isinstance(event, StreamResetByPeer):
-            stream = streams.get(event.stream_id)
-            if stream is not None:
-                self._log.debug("grpc_stream_reset_by_client", stream_id=event.stream_id, code=event.error_code)
-                streams.terminate(stream, StreamReset(event.error_code))
-        elif isinstance(event, PeerSettingsReceived):
-            streams.wake_all_senders()  # INITIAL_WINDOW_SIZE may have grown
-        elif isinstance(event, RequestRejected):
-            self._log.info("grpc_request_rejected", stream_id=event.stream_id, reason=event.reason)
-            streams.count_status(event.status)
-        elif isinstance(event, PeerGoingAway):
-            self._log.debug("grpc_client_goaway", code=event.error_code)
-            return True
-        return False
 
     # ---- writing
 
@@ -419,7 +386,7 @@ class ServerConnection:
         self._writer_wakeup.set()
 
     def inbound_consumed(self) -> None:
-        self._report_buffered()
+        self.report_buffered()
         # Taking a message off a full queue may give back withheld window (a WINDOW_UPDATE to send).
         # Most messages give back nothing: the writer is woken only when there is something to write,
         # not once per message (a task switch and the send lock per inbound message otherwise).
@@ -432,15 +399,16 @@ class ServerConnection:
             return True
         return False
 
-    def report_buffered(self) -> None:
-        self._report_buffered()
-
-    def _report_buffered(self, *, final: bool = False) -> None:
+    def report_buffered(self, *, final: bool = False) -> None:
         stats = self._stats
         # Once closed, the connection holds nothing any more, whatever the protocol object says.
         now = 0 if final else self.protocol.inbound_buffered_bytes
         stats.report_held(self._config.held_budget)
+        inbound_changed = stats.report_inbound(self._config.inbound_budget)
+        self._turn.consumed()
         if now == self._buffered_reported:
+            if inbound_changed:
+                stats.notify()
             return
         stats.inbound_buffered_bytes += now - self._buffered_reported
         self._buffered_reported = now

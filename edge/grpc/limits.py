@@ -11,6 +11,7 @@ from typing import Final, Protocol
 import attrs
 
 from edge.grpc.frame_guard import FrameBudgets
+from edge.grpc.inbound_budget import InboundBudget
 
 #: HTTP/2's initial connection window (RFC 9113 6.9.2); SETTINGS never change it, WINDOW_UPDATE does.
 H2_DEFAULT_WINDOW: Final = 65_535
@@ -55,6 +56,8 @@ class ProtocolLimits:
     #: buffered bytes charged to `held_budget` until admitted (`ServerStream.admit`).
     held_paths: frozenset[str] = frozenset()
     held_budget: HeldBytesBudget | None = attrs.field(default=None, eq=False)
+    #: Bytes held for handlers over every connection sharing it (`inbound_budget.py`); None: no such bound.
+    inbound_budget: InboundBudget | None = attrs.field(default=None, eq=False)
     frame_budgets: FrameBudgets = FrameBudgets()
     max_pending_outbound_bytes: int = MAX_PENDING_OUTBOUND_BYTES
 

@@ -11,7 +11,9 @@ compressed or oversized messages that kill the whole connection.
   flow-control window still gets through, and acknowledging stops while the queue is full, so a slow
   handler pushes back on its client through HTTP/2 flow control instead of growing memory. Per stream the
   buffer holds at most about `stream_inbound_queue * max_message_bytes + max_message_bytes +
-  stream_window_bytes`;
+  stream_window_bytes`. Every stream's bytes also count against the server's shared `inbound_budget`:
+  while it is full, a stream with messages its handler has not taken is acknowledged nothing (and the
+  shell does not read its connection: `inbound_budget.py`);
 * a message's declared length is checked before its body is buffered; an oversized, undecodable or
   over-decompressing message fails *that stream only* (`StreamReadable` + the error from `next_message`),
   never the connection;
@@ -221,7 +223,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             st.count_arrivals(arrived, self._now)
         st.extract(self.limits.stream_inbound_queue)
         st.charge()
-        if st.may_acknowledge(self.limits.stream_inbound_queue):
+        if st.may_acknowledge(self.limits.stream_inbound_queue) and not self._budget_holds(st):
             if length:
                 self.h2_connection.acknowledge_received_data(length, stream_id)
         else:
@@ -284,10 +286,23 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
                 return False
         return bool(self._inbound)
 
+    @property
+    def holds_complete_messages(self) -> bool:
+        """Some stream has messages its handler has not taken: with the shared inbound budget full, the
+        connection is not read until they are taken (`inbound_budget.py`)."""
+        return any(st.queue for st in self._inbound.values())
+
+    def _budget_holds(self, st: InboundStream) -> bool:
+        """The shared inbound budget is full and the stream is behind: acknowledge nothing for now."""
+        budget = self.limits.inbound_budget
+        return budget is not None and bool(st.queue) and budget.full
+
     def _account(self, st: InboundStream, before: int) -> None:
         st.charge()
         after = st.buffered
         self.inbound_buffered_bytes += after - before
+        if self.limits.inbound_budget is not None and after != before:
+            self.limits.inbound_budget.charge(after - before)
         if after > self.max_stream_buffered_bytes:
             self.max_stream_buffered_bytes = after
 
@@ -309,7 +324,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             before = st.buffered
             message = st.pop()
             st.extract(self.limits.stream_inbound_queue)
-            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue) and not self._budget_holds(st):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
                 if st.held and st.meter is not None:
@@ -333,7 +348,7 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         st.window_open = True
         extra = self.limits.stream_window_bytes - self.limits.first_window_bytes
         with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream closed underneath us
-            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue):
+            if st.withheld and st.may_acknowledge(self.limits.stream_inbound_queue) and not self._budget_holds(st):
                 self.h2_connection.acknowledge_received_data(st.withheld, stream_id)
                 st.withheld = 0
             if extra > 0 and not st.remote_ended:
@@ -344,6 +359,14 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
         """A held stream's bytes stop counting against the shared budget (`ProtocolLimits.held_budget`)."""
         st = self._inbound.get(stream_id)
         if st is not None:
+            st.uncharge()
+
+    def release_inbound(self) -> None:
+        """The connection is over: whatever its streams still hold leaves the shared budgets."""
+        for st in self._inbound.values():
+            before = st.buffered
+            st.discard()
+            self._account(st, before)
             st.uncharge()
 
     def stream_buffered_bytes(self, stream_id: int) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from edge.grpc.inbound_budget import InboundBudget
 from edge.grpc.limits import HeldBytesBudget
 from edge.grpc.refusals import RefusalTally
 
@@ -44,6 +45,11 @@ class GrpcServerStats:
     held_bytes: int = 0
     held_bytes_peak: int = 0
     held_refused: int = 0
+    #: The server's inbound budget (`GrpcServerConfig.inbound_budget`), as last seen: the most held at
+    #: once, the times a connection waited for room, and the connections waiting now.
+    inbound_peak: int = 0
+    inbound_pauses: int = 0
+    inbound_waiting: int = 0
     #: Connections refused or closed by a limit, by cause (may be shared with the ops HTTP port).
     refusals: RefusalTally = attrs.field(factory=RefusalTally)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
@@ -51,6 +57,15 @@ class GrpcServerStats:
     def report_held(self, budget: HeldBytesBudget | None) -> None:
         if budget is not None:
             self.held_bytes, self.held_bytes_peak, self.held_refused = budget.held, budget.peak, budget.refused
+
+    def report_inbound(self, budget: InboundBudget | None) -> bool:
+        """Take the budget's figures; True if they changed."""
+        if budget is None:
+            return False
+        figures = (budget.peak, budget.pauses, budget.waiting)
+        changed = figures != (self.inbound_peak, self.inbound_pauses, self.inbound_waiting)
+        self.inbound_peak, self.inbound_pauses, self.inbound_waiting = figures
+        return changed
 
     def notify(self) -> None:
         """Wake `wait_until` callers (the transport calls this after each change)."""

@@ -33,7 +33,17 @@ import trio
 from purerpc.grpclib.status import Status, StatusCode
 
 from edge.grpc.errors import ConnectionLost, StreamError, StreamReset
-from edge.grpc.events import Request
+from edge.grpc.events import (
+    Event,
+    PeerGoingAway,
+    PeerSettingsReceived,
+    Request,
+    RequestRejected,
+    RequestStarted,
+    SendWindowOpened,
+    StreamReadable,
+    StreamResetByPeer,
+)
 from edge.grpc.metrics import ServerMetrics
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream import ServerStream, StreamHost
@@ -138,6 +148,36 @@ class StreamTasks:
         """The connection is over: every stream learns it now."""
         for stream in list(self._streams.values()):
             self.terminate(stream, ConnectionLost(0, f"connection {reason}"))
+
+    def apply(self, event: Event, log: Any) -> bool:
+        """Act on one protocol event of the connection (the reader calls it); True if it is the client's GOAWAY."""
+        if isinstance(event, StreamReadable):
+            stream = self.get(event.stream_id)
+            if stream is not None:
+                stream.wake_inbound()
+        elif isinstance(event, SendWindowOpened):
+            if event.stream_id == 0:
+                self.wake_all_senders()
+            else:
+                stream = self.get(event.stream_id)
+                if stream is not None:
+                    stream.wake_output()
+        elif isinstance(event, RequestStarted):
+            self.start(event.request)
+        elif isinstance(event, StreamResetByPeer):
+            stream = self.get(event.stream_id)
+            if stream is not None:
+                log.debug("grpc_stream_reset_by_client", stream_id=event.stream_id, code=event.error_code)
+                self.terminate(stream, StreamReset(event.error_code))
+        elif isinstance(event, PeerSettingsReceived):
+            self.wake_all_senders()  # INITIAL_WINDOW_SIZE may have grown
+        elif isinstance(event, RequestRejected):
+            log.info("grpc_request_rejected", stream_id=event.stream_id, reason=event.reason)
+            self.count_status(event.status)
+        elif isinstance(event, PeerGoingAway):
+            log.debug("grpc_client_goaway", code=event.error_code)
+            return True
+        return False
 
     def wake_all_senders(self) -> None:
         for stream in self._streams.values():

@@ -125,10 +125,11 @@ class _LiveCollector:
 
 
 class _CountsByLabel:
-    """A counter family read at scrape time from a mapping the component that counts keeps up to date."""
+    """A counter family read at scrape time from a mapping the component that counts keeps up to date
+    (`label` None: one value without labels, under the key "")."""
 
     def __init__(
-        self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, int]], known: Sequence[str]
+        self, name: str, documentation: str, label: str | None, read: Callable[[], Mapping[str, int]], known: Sequence[str]
     ) -> None:
         self._name, self._documentation, self._label = name, documentation, label
         self._read, self._known = read, tuple(known)
@@ -137,10 +138,11 @@ class _CountsByLabel:
         return []
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        labels = [] if self._label is None else [self._label]
+        family = CounterMetricFamily(self._name, self._documentation, labels=labels)
         counts = self._read()
         for value in (*self._known, *sorted(set(counts) - set(self._known))):
-            family.add_metric([value], float(counts.get(value, 0)))
+            family.add_metric([value] if labels else [], float(counts.get(value, 0)))
         yield family
 
 
@@ -304,6 +306,24 @@ class EdgeMetrics:
         )
         self._live.add(
             _name("grpc_streams_open"), "Open gRPC streams (all methods) on the peer port.", (), lambda: [((), float(streams_open()))]
+        )
+
+    def observe_inbound(self, held: Callable[[], int], pauses: Callable[[], int]) -> None:
+        """Expose the inbound budget (GRPC_INBOUND_BUFFER_BYTES): bytes held now, and connections paused."""
+        self._live.add(
+            _name("inbound_buffered_bytes"),
+            "Bytes received from peers and not yet taken by their sessions (GRPC_INBOUND_BUFFER_BYTES bounds it).",
+            (),
+            lambda: [((), float(held()))],
+        )
+        self.registry.register(
+            _CountsByLabel(
+                _name("inbound_budget_pauses"),
+                "Times a peer connection stopped being read until the inbound budget had room.",
+                None,
+                lambda: {"": pauses()},
+                ("",),
+            )
         )
 
     def observe_connection_refusals(self, totals: Callable[[], Mapping[str, int]], causes: Sequence[str]) -> None:

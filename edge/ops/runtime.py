@@ -42,6 +42,7 @@ class EdgeRuntime:
         runtime.metrics.observe_readiness(lambda: runtime.health.ready, lambda: runtime.health.accepting)
         stats = runtime.grpc_stats
         runtime.metrics.observe_grpc(lambda: stats.connections_open, lambda: stats.streams_open)
+        runtime.metrics.observe_inbound(lambda: stats.inbound_buffered_bytes, lambda: stats.inbound_pauses)
         return runtime
 
     def ops_routes(self) -> dict[str, Handler]:

@@ -28,7 +28,9 @@ import structlog
 import trio
 
 from edge.config import ConfigError, Settings
-from edge.grpc import GrpcServerConfig, GrpcServerStats, Handler, HeldBytesBudget, ServerMetrics, serve_grpc
+from edge.grpc import (
+    GrpcServerConfig, GrpcServerStats, Handler, HeldBytesBudget, InboundBudget, ServerMetrics, serve_grpc
+)
 from edge.grpc.tls import server_ssl_context
 from edge.ops.runtime import EdgeRuntime
 from edge.peers.admission import Admission, apply_peer_tls, load_admission
@@ -76,6 +78,8 @@ def grpc_config(settings: Settings) -> GrpcServerConfig:
         # checked on its HEADERS), and what it holds before registering counts against one budget.
         held_paths=frozenset({CONNECT_PATH}),
         held_budget=HeldBytesBudget(settings.peer_unregistered_buffer_bytes),
+        # Every stream's unconsumed bytes, registered or not: over it, peers get backpressure.
+        inbound_budget=InboundBudget(settings.grpc_inbound_buffer_bytes),
     )
 
 
