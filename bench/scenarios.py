@@ -78,7 +78,6 @@ SMALL = Params(
 BENCH_ADMISSION: dict[str, Any] = {
     "peer_auth_mode": "none",
     "peer_registration_rate_per_address": 0,
-    "grpc_max_connections_per_address": 0,
     "peer_message_rate": 1_000_000,
     "peer_message_burst": 1_000_000,
     "grpc_max_connections_per_address": 0,  # every load-generator peer comes from 127.0.0.1

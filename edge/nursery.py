@@ -19,20 +19,14 @@ embeds the edge with `started = await nursery.start(edge.serve, settings)` (a `S
 ports, the runtime, the registry) and stops it by cancelling that nursery.
 
 `run` adds what only a process has: signal handling, for a fresh machine an embedded broker, which it
-nests outside the edge so the broker outlives the final flush, and a drain that does not spend its time
-collecting garbage. At the first signal it turns the cycle collector off: a full collection scans every
-object of every session (about 400 per peer) and, before the sessions have ended, frees nothing, while
-the drain is short and bounded (SHUTDOWN_DEADLINE_SEC). Once the edge has stopped it freezes the heap
-(`gc.freeze`) and turns the collector back on, so that the interpreter's exit does not collect the
-ended sessions' cycles one by one just before the process's memory is returned whole
-(docs/operations.md#shutdown-and-drain).
+nests outside the edge so the broker outlives the final flush, and the collector's part in the drain:
+off from the first signal, the heap frozen once the edge has stopped (edge.ops.gc_policy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import gc
 import os
 import signal
 from functools import partial
@@ -48,7 +42,7 @@ from edge.config import Address, Settings
 from edge.grpc.refusals import serve_refusal_summaries
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.ops.fd_limit import raise_open_files_limit
-from edge.ops.gc_policy import tune_collector
+from edge.ops.gc_policy import collector_off_for_drain, heap_frozen_for_exit, tune_collector
 from edge.ops.http import serve_ops_http
 from edge.ops.memory import serve_memory_trim
 from edge.ops.readiness import KafkaState
@@ -252,8 +246,7 @@ async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafk
             async with trio.open_nursery() as inner:
                 await inner.start(partial(serve, settings, raise_open_files=True))
         log.info("shutdown_complete", edge_id=settings.edge_id)
-        gc.freeze()  # nothing left is worth collecting before the exit frees it all (module docstring)
-        gc.enable()
+        heap_frozen_for_exit()  # the exit need not collect what it frees whole (edge.ops.gc_policy)
         outer.cancel_scope.cancel()
 
 
@@ -266,7 +259,7 @@ async def _watch_signals(edge_scope: trio.CancelScope, deadline_sec: float) -> N
                     log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
                     os._exit(1)
                 log.info("shutdown_requested", signal=signal.Signals(signum).name, deadline_sec=deadline_sec)
-                gc.disable()  # no full collections during the drain (module docstring)
+                collector_off_for_drain()  # no full collections during the drain (edge.ops.gc_policy)
                 edge_scope.cancel()
                 nursery.start_soon(_exit_at_deadline, deadline_sec)
 
