@@ -71,8 +71,9 @@ SMALL = Params(
 
 #: Admission settings of every edge under test (docs/performance.md, "Admission"): no authentication
 #: (its cost is not measured: the load generator's peers present neither client certificates nor
-#: tokens), no registration throttle per source address (every load peer comes from 127.0.0.1, so the
-#: default 10/s would be the connect rate), and a per-peer message rate far above what any step offers
+#: tokens), no registration throttle and no connection cap per source address (every load peer comes
+#: from 127.0.0.1, so the default 10/s would be the connect rate and the default 256 connections the
+#: most peers a step could hold), and a per-peer message rate far above what any step offers
 #: (the default 100/s per peer would cap 1,000 peers at 100,000 ev/s and meter every message anyway).
 BENCH_ADMISSION: dict[str, Any] = {
     "peer_auth_mode": "none",

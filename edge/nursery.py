@@ -18,8 +18,9 @@ under a shielded deadline until every end is closed, produces them before its Ka
 embeds the edge with `started = await nursery.start(edge.serve, settings)` (a `Started`: the bound
 ports, the runtime, the registry) and stops it by cancelling that nursery.
 
-`run` adds what only a process has: signal handling and, for a fresh machine, an embedded broker,
-which it nests outside the edge so the broker outlives the final flush.
+`run` adds what only a process has: signal handling, for a fresh machine an embedded broker, which it
+nests outside the edge so the broker outlives the final flush, and the collector's part in the drain:
+off from the first signal, the heap frozen once the edge has stopped (edge.ops.gc_policy).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from edge.config import Address, Settings
 from edge.grpc.refusals import serve_refusal_summaries
 from edge.kafka.bridge import serve_kafka_bridge
 from edge.ops.fd_limit import raise_open_files_limit
-from edge.ops.gc_policy import tune_collector
+from edge.ops.gc_policy import collector_off_for_drain, heap_frozen_for_exit, tune_collector
 from edge.ops.http import serve_ops_http
 from edge.ops.memory import serve_memory_trim
 from edge.ops.readiness import KafkaState
@@ -159,44 +160,49 @@ async def serve(
         runtime.health.kafka = kafka_state
     kafka = runtime.health.kafka
     dead_letters = events_send.clone()  # the bridge's own send end, for dead letters
-    async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(log_asyncio_exception)
-        async with trio.open_nursery() as outer:
-            # Shielded so that cancelling `serve` does not close it at once; `_drain_started` gives
-            # the shield its deadline the moment the drain begins, and it is cancelled when the
-            # edge below has stopped.
-            ops_scope = trio.CancelScope(shield=True)
-            if settings.health_http_address is not None:
-                try:
-                    await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
-                except OSError as error:
-                    raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
-            # Refusals on either port: one summary line per interval (the last one as the edge stops);
-            # the C heap trimmed now and then, so a flood's memory goes back once it is over.
-            upkeep_scope = trio.CancelScope()
-            await outer.start(_serve_upkeep_in, upkeep_scope, runtime)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_drain_started, ops_scope, settings)
-                    await nursery.start(
-                        partial(bridge, now=now, metrics=runtime.metrics),
-                        settings,
-                        events_receive,
-                        dead_letters,
-                        registry,
-                        kafka,
-                    )
-                    peers = partial(serve_peers, config=grpc, admission=admission, runtime=runtime)
+    started = False
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(log_asyncio_exception)
+            async with trio.open_nursery() as outer:
+                # Shielded so that cancelling `serve` does not close it at once; `_drain_started` gives
+                # the shield its deadline the moment the drain begins, and it is cancelled when the
+                # edge below has stopped.
+                ops_scope = trio.CancelScope(shield=True)
+                if settings.health_http_address is not None:
                     try:
-                        port = await nursery.start(peers, settings, events_send, registry, now)
-                    except* OSError as group:  # before `started`, only binding the port does I/O
-                        raise _refused("GRPC_SERVER_ADDRESS", settings.grpc_server_address, group) from None
-                    log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
-                    task_status.started(Started(port, runtime.http_port, runtime, registry))
-            finally:
-                ops_scope.cancel()
-                upkeep_scope.cancel()
-    log.info("edge_stopped", edge_id=settings.edge_id)
+                        await outer.start(_serve_ops_http_in, ops_scope, settings.health_http_address, runtime)
+                    except OSError as error:
+                        raise StartupRefused("HEALTH_HTTP_ADDRESS", settings.health_http_address, error) from None
+                # Refusals on either port: one summary line per interval (the last one as the edge stops);
+                # the C heap trimmed now and then, so a flood's memory goes back once it is over.
+                upkeep_scope = trio.CancelScope()
+                await outer.start(_serve_upkeep_in, upkeep_scope, runtime)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_drain_started, ops_scope, settings)
+                        await nursery.start(
+                            partial(bridge, now=now, metrics=runtime.metrics),
+                            settings,
+                            events_receive,
+                            dead_letters,
+                            registry,
+                            kafka,
+                        )
+                        peers = partial(serve_peers, config=grpc, admission=admission, runtime=runtime)
+                        try:
+                            port = await nursery.start(peers, settings, events_send, registry, now)
+                        except* OSError as group:  # before `started`, only binding the port does I/O
+                            raise _refused("GRPC_SERVER_ADDRESS", settings.grpc_server_address, group) from None
+                        log.info("edge_started", edge_id=settings.edge_id, port=port, http_port=runtime.http_port)
+                        task_status.started(Started(port, runtime.http_port, runtime, registry))
+                        started = True
+                finally:
+                    ops_scope.cancel()
+                    upkeep_scope.cancel()
+    finally:  # cancelled (the usual way to stop) or failed, once it had started
+        if started:
+            log.info("edge_stopped", edge_id=settings.edge_id)
 
 
 async def _serve_ops_http_in(
@@ -240,6 +246,7 @@ async def run(settings: Settings, *, embedded_kafka: bool = False, embedded_kafk
             async with trio.open_nursery() as inner:
                 await inner.start(partial(serve, settings, raise_open_files=True))
         log.info("shutdown_complete", edge_id=settings.edge_id)
+        heap_frozen_for_exit()  # the exit need not collect what it frees whole (edge.ops.gc_policy)
         outer.cancel_scope.cancel()
 
 
@@ -252,6 +259,7 @@ async def _watch_signals(edge_scope: trio.CancelScope, deadline_sec: float) -> N
                     log.warning("second_signal_exiting_now", signal=signal.Signals(signum).name)
                     os._exit(1)
                 log.info("shutdown_requested", signal=signal.Signals(signum).name, deadline_sec=deadline_sec)
+                collector_off_for_drain()  # no full collections during the drain (edge.ops.gc_policy)
                 edge_scope.cancel()
                 nursery.start_soon(_exit_at_deadline, deadline_sec)
 

@@ -225,7 +225,7 @@ class ServerConnection:
         self._close_deadline = trio.current_time() + self._config.shutdown_grace
         if self._send_scope is not None:
             self._send_scope.deadline = min(self._send_scope.deadline, self._close_deadline)
-        self._log.info("grpc_connection_shutting_down", streams=len(streams))
+        self._log.debug("grpc_connection_shutting_down", streams=len(streams))
 
     def _connection_over(self, streams: StreamTasks, reason: str, *, normal: bool) -> None:
         """The client went away (or broke the protocol): every stream learns it now."""

@@ -74,9 +74,10 @@ async def serve_grpc(
                         acceptors.start_soon(_accept_loop, listener, connections, routes, config, stats, metrics, counts)
                     task_status.started(port)
             finally:
-                # First step of shutdown: no new connections while the open ones drain.
+                # First step of shutdown: no new connections while the open ones drain (one line for
+                # them all here; each connection's own line is at debug level).
                 _close_listeners(listeners)
-                log.info("grpc_listener_closed", port=port)
+                log.info("grpc_listener_closed", port=port, connections=stats.connections_open)
     finally:
         _close_listeners(listeners)
 

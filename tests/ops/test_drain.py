@@ -5,10 +5,15 @@ Kafka bridge (docs/design.md#mock-clock-real-io keeps Kafka out of MockClock tes
 from __future__ import annotations
 
 import collections
+import gc
+import os
+import signal
 
 import trio
+import trio.testing
 from structlog.testing import capture_logs
 
+import edge.nursery as nursery_module
 from edge.config import settings_for_tests
 from edge.tools.peer_sim import PeerSimulation, SimConfig
 from testing.harness import MemoryBridge, running_edge
@@ -70,3 +75,35 @@ async def test_stalled_kafka_bounds_the_drain_by_one_phase_deadline(autojump_clo
     assert len(lost) == PEERS
     assert {entry["peer_id"] for entry in lost} == set(simulation.config.peer_ids())
     assert all(entry["last"]["reason"] == "shutdown" for entry in lost)
+
+
+async def test_run_drains_with_the_cycle_collector_off_and_exits_with_the_heap_frozen(monkeypatch):
+    """The process (`run`): the first SIGTERM turns the cycle collector off before the edge is
+    cancelled, so the drain runs no full collection; once the edge has stopped the heap is frozen and
+    the collector back on, so the interpreter's exit does not collect the sessions' cycles one by one.
+    The edge itself is a stand-in here (the real drain is tests/ops/test_sigterm.py)."""
+    seen: list[tuple[str, bool]] = []
+
+    async def edge_standin(settings, *, raise_open_files, task_status=trio.TASK_STATUS_IGNORED):
+        seen.append(("started", gc.isenabled()))
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            seen.append(("cancelled", gc.isenabled()))
+
+    monkeypatch.setattr(nursery_module, "serve", edge_standin)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    try:
+        with trio.fail_after(30):  # a bound, not a timing: it returns as soon as the signal is handled
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(nursery_module.run, settings_for_tests())
+                await trio.testing.wait_all_tasks_blocked()  # the signal watcher listens by now
+                assert seen == [("started", True)]
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [("started", True), ("cancelled", False)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -88,6 +88,8 @@ async def test_sigterm_drains_50_peers_and_exits_0(
     assert edge.count("shutdown_requested", signal="SIGTERM") == 1
     assert edge.count("peer_disconnected", reason="shutdown") == PEERS
     assert edge.count("shutdown_complete") == 1 and edge.count("shutdown_deadline_exceeded") == 0
+    assert edge.count("edge_stopped") == 1
+    assert edge.count("grpc_listener_closed", connections=PEERS) == 1  # one line for them all
     records = await consume_records(kafka_bootstrap, f"{kafka_topic_prefix}-lifecycle", count=2 * PEERS, timeout=60)
     # At least once: a produce retry may repeat a record; consumers dedupe by session id and epoch.
     by_peer: dict[str, list[tuple[str, str | None, str]]] = collections.defaultdict(list)
