@@ -50,7 +50,7 @@ from edge.grpc.events import PeerSettingsReceived
 from edge.grpc.metrics import ServerMetrics
 from edge.grpc.protocol import GrpcServerProtocol
 from edge.grpc.refusals import IDLE_TIMEOUT
-from edge.grpc.sockets import find_remote_address
+from edge.grpc.sockets import find_remote_address, release_tls_stream
 from edge.grpc.stats import GrpcServerStats
 from edge.grpc.stream_tasks import Handler, StreamTasks
 from edge.grpc.tls import HANDSHAKE_ALPN, HANDSHAKE_TIMEOUT, handshake_failure_cause
@@ -161,6 +161,10 @@ class ServerConnection:
                 stats.connections_open -= 1
                 stats.notify()
                 self._log.debug("grpc_connection_closed")
+                # No cycles left (docs/design.md#no-cycles-per-connection): freed now, not at a full collection.
+                self._streams = None
+                self.protocol.release()
+                release_tls_stream(self._transport)
 
     async def _handshake(self) -> bool:
         transport = self._transport

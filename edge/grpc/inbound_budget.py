@@ -137,7 +137,17 @@ class ReadTurn:
             self._event.set()
 
     def close(self) -> None:
-        """The connection is over: out of the queue, and any step it was given is free."""
+        """The connection is over: out of the queue, and any step it was given is free. The callbacks
+        (the connection's own methods) are dropped, so the connection is not kept by a cycle."""
         if self._budget is not None:
             self._budget.leave(self)
             self._budget.read_done(self)
+        self._holds, self._paused = _holds_nothing, _nothing
+
+
+def _holds_nothing() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    return None

@@ -369,6 +369,17 @@ class GrpcServerProtocol(GRPCConnection):  # type: ignore[misc]  # purerpc is un
             self._account(st, before)
             st.uncharge()
 
+    def release(self) -> None:
+        """The connection is over and its streams are done: drop the references h2 keeps to itself
+        (its frame dispatch table of its own bound methods, and our `receive_data` wrapper on the
+        instance), so that the connection's objects are freed as soon as it is, by reference counting,
+        instead of waiting for a full garbage collection (docs/design.md#no-cycles-per-connection)."""
+        h2_connection = self.h2_connection
+        h2_connection.__dict__.pop("receive_data", None)
+        table = getattr(h2_connection, "_frame_dispatch_table", None)
+        if isinstance(table, dict):
+            table.clear()
+
     def stream_buffered_bytes(self, stream_id: int) -> int:
         st = self._inbound.get(stream_id)
         return st.buffered if st is not None else 0

@@ -109,3 +109,12 @@ class LingeringSocketStream(trio.abc.HalfCloseableStream):
             pass  # the client is gone already: nothing left to protect
         finally:
             await self.transport_stream.aclose()
+
+
+def release_tls_stream(stream: trio.abc.Stream) -> None:
+    """After a `trio.SSLStream` is closed: drop the bound method of itself it keeps (the once-guard of
+    its handshake), the one cycle that would keep a closed stream, its `SSLObject` and buffers and the
+    socket below alive until a full garbage collection (docs/design.md#no-cycles-per-connection).
+    Anything else is left as it is."""
+    if isinstance(stream, trio.SSLStream) and hasattr(stream, "_handshook"):
+        stream._handshook = None  # type: ignore[assignment]
