@@ -58,6 +58,8 @@ class Params:
     soak_peers: int = 500
     soak_event_sec: float = 3.0
     soak_event_rate: float = 1000.0
+    #: Rounds after which the soak's peer ids repeat (a fleet of soak_peers x this many peers).
+    soak_fleet_rounds: int = 4
 
 
 #: Validation scale: every scenario end to end in a few minutes (figures not comparable to full scale).

@@ -43,7 +43,10 @@ async def soak(b: Bench, p: Params) -> Result:
         began = trio.current_time()
         while trio.current_time() - began < p.soak_sec:
             index = len(rounds)
-            connect = await connect_peers(load, p, f"soak{index}-", p.soak_peers)
+            # The same fleet comes back: ids repeat every `soak_fleet_rounds` rounds, as home servers
+            # reconnect with their own ids (new ids every round would grow the presence view, ~370 bytes
+            # per peer ever seen, docs/scaling.md, and hide a leak in it).
+            connect = await connect_peers(load, p, f"soak{index % p.soak_fleet_rounds}-", p.soak_peers)
             sent = await load.send(p.soak_event_rate, p.soak_event_sec)
             await b.kafka.produce(topics.commands, [command_record(peer, f"soak{index}-{i}-0")
                                                     for i, peer in enumerate(load.peer_ids())], 0)
