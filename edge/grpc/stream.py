@@ -9,6 +9,7 @@ stream instead of sending trailers after half a message.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -134,10 +135,8 @@ class ServerStream:
             self._raise_if_unusable()
             protocol = self._host.protocol
             framed = [frame_message(bytes(data)) for data in messages]
-            ends: list[int] = []
-            for frame in framed:
-                ends.append((ends[-1] if ends else 0) + len(frame))
-            wire = memoryview(framed[0] if len(framed) == 1 else b"".join(framed))
+            ends = list(itertools.accumulate(map(len, framed)))  # where each message's last byte is
+            wire = memoryview(b"".join(framed))
             done = 0  # messages wholly handed over
             try:
                 if not self._response_started:

@@ -20,7 +20,7 @@ from edge.grpc import GrpcServerConfig, ServerStream, Status, StreamReset
 from testing.grpcio_peer import OWN_CONNECTION
 from testing.harness import running_server
 
-from .support import RawH2Client, bytes_stream_method
+from .support import RawH2Client, bytes_stream_method, grpc_frame
 
 PATH = "/giggityflix.edge.v1.PeerEdgeService/Connect"
 SIZES = [1, 7, 70_000, 0, 300, 16_384, 16_385, 200_000, 5, 65_535]
@@ -35,6 +35,15 @@ class StingyClient(RawH2Client):
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
         pass
+
+
+async def start_call(client: RawH2Client) -> int:
+    """Open a call on PATH and send it one message ("go"), which the handlers wait for."""
+    await client.start()
+    stream_id = client.open_call(PATH)
+    client.send_raw(stream_id, grpc_frame(b"go"))
+    await client.flush()
+    return stream_id
 
 
 def plain_config(**overrides: Any) -> GrpcServerConfig:
@@ -72,10 +81,7 @@ async def test_small_messages_sent_together_share_data_frames() -> None:
     async with running_server(plain_config(), {PATH: burst}) as server:
         client = RawH2Client(await trio.open_tcp_stream("127.0.0.1", server.port))
         async with client.stream:
-            await client.start()
-            stream_id = client.open_call(PATH)
-            client.send_raw(stream_id, b"\x00\x00\x00\x00\x02go")
-            await client.flush()
+            stream_id = await start_call(client)
             with trio.fail_after(10):
                 while len(client.messages(stream_id)) < 50:
                     assert await client.pump()
@@ -106,10 +112,7 @@ async def test_sent_names_only_the_messages_wholly_handed_over_when_the_client_r
     async with running_server(plain_config(), {PATH: blocked}) as server:
         client = StingyClient(await trio.open_tcp_stream("127.0.0.1", server.port))
         async with client.stream:
-            await client.start()
-            stream_id = client.open_call(PATH)
-            client.send_raw(stream_id, b"\x00\x00\x00\x00\x02go")
-            await client.flush()
+            stream_id = await start_call(client)
             with trio.fail_after(10):
                 while len(client.data.get(stream_id, b"")) < 65_535:
                     assert await client.pump()

@@ -95,6 +95,15 @@ def check_bound(stats) -> None:
     assert stats.inbound_peak <= BUDGET + (PEERS + 1) * (READ_STEP + 2 * 1024)
 
 
+async def registered_flooders(port: int, ca_pem: bytes, nursery: trio.Nursery) -> dict[str, tuple[RawH2Client, int]]:
+    """PEERS registered peers, by peer id: each its (client, stream id), ready to flood."""
+    flooders = {}
+    for i in range(PEERS):
+        peer_id = f"flood-{i:02d}"
+        flooders[peer_id] = await registered_flooder(port, ca_pem, peer_id, nursery)
+    return flooders
+
+
 async def test_a_stalled_kafka_fills_the_budget_then_peers_wait_and_lose_nothing(tls_files):
     """Kafka takes nothing: sessions stop taking messages, the budget fills and stays within its bound
     while the flooders are held back; when Kafka is back every message is published, in order."""
@@ -103,10 +112,7 @@ async def test_a_stalled_kafka_fills_the_budget_then_peers_wait_and_lose_nothing
         stats = edge.stats
         progress: dict[str, int] = {}
         async with trio.open_nursery() as nursery:
-            flooders = {}
-            for i in range(PEERS):
-                peer_id = f"flood-{i:02d}"
-                flooders[peer_id] = await registered_flooder(edge.port, tls_files.ca_pem, peer_id, nursery)
+            flooders = await registered_flooders(edge.port, tls_files.ca_pem, nursery)
             bridge.stall()
             for peer_id, (client, stream_id) in flooders.items():
                 nursery.start_soon(flood, client, stream_id, peer_id, progress)
@@ -134,10 +140,7 @@ async def test_a_good_peer_registers_while_registered_peers_flood_a_slow_kafka(t
         stats = edge.stats
         progress: dict[str, int] = {}
         async with trio.open_nursery() as nursery:
-            flooders = {}
-            for i in range(PEERS):
-                peer_id = f"flood-{i:02d}"
-                flooders[peer_id] = await registered_flooder(edge.port, tls_files.ca_pem, peer_id, nursery)
+            flooders = await registered_flooders(edge.port, tls_files.ca_pem, nursery)
             bridge.pace = 0.002
             for peer_id, (client, stream_id) in flooders.items():
                 nursery.start_soon(flood, client, stream_id, peer_id, progress)
